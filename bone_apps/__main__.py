@@ -1,0 +1,5 @@
+import sys
+
+from bone_apps.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""The product: everything the apps do, with no Qt and no argparse."""

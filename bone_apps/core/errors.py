@@ -1,0 +1,31 @@
+"""Exceptions core raises for problems a user can fix."""
+
+from __future__ import annotations
+
+
+class BoneAppsError(Exception):
+    """A problem with the user's input or environment, with a one-sentence fix-it message."""
+
+
+class VolumeError(BoneAppsError):
+    """A scan or mask on disk cannot be used as it is."""
+
+
+class ShapeMismatchError(VolumeError):
+    """Two volumes that must match (scan and mask, reference and prediction) do not."""
+
+
+class LabelError(VolumeError):
+    """A mask holds labels outside the declared classes."""
+
+
+class OutputExistsError(BoneAppsError):
+    """An output already exists and overwriting was not asked for."""
+
+
+class WeightsError(BoneAppsError):
+    """A weights file is not a usable bone_apps weights file."""
+
+
+class Cancelled(BoneAppsError):
+    """The user stopped a long job."""

@@ -1,0 +1,147 @@
+"""Sample micro-CT-like scans of long bones with Bone-Pores masks, for the demo and tests.
+
+Each scan holds one to three long bones running along z: an elliptical cortical shell
+(label 1, bone) around a medullary cavity (label 2, pores) that is air-filled in dry museum
+bones or soft-tissue-filled in hydrated ones, trabecular bone towards the ends, small cortical
+pores, a soft-tissue envelope in hydrated specimens, closely packed neighbours, blur and
+noise, in 8- or 16-bit.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from bone_apps.core.volume import VoxelSize, write_volume
+
+BACKGROUND, BONE, PORES = 0, 1, 2
+CLASS_NAMES = ("background", "bone", "pores")
+
+
+@dataclass(frozen=True)
+class SampleScan:
+    """One generated scan and its mask, in memory."""
+
+    name: str
+    scan: np.ndarray  # (Z, Y, X) uint8 or uint16
+    mask: np.ndarray  # (Z, Y, X) uint8 labels 0/1/2
+    voxel_size: VoxelSize
+    hydrated: bool
+
+
+def _smooth_field(shape: tuple[int, int, int], rng: np.random.Generator, cell: int) -> np.ndarray:
+    """A random field with features about `cell` voxels across, values roughly in [0, 1]."""
+    z, y, x = shape
+    coarse = rng.random((z // max(1, cell // 2) + 2, y // cell + 2, x // cell + 2), dtype=np.float32)
+    zi = np.linspace(0, coarse.shape[0] - 1.001, z, dtype=np.float32)
+    yi = np.linspace(0, coarse.shape[1] - 1.001, y, dtype=np.float32)
+    xi = np.linspace(0, coarse.shape[2] - 1.001, x, dtype=np.float32)
+    # Separable linear interpolation, one axis at a time.
+    for axis, coords in ((0, zi), (1, yi), (2, xi)):
+        lo = np.floor(coords).astype(np.intp)
+        frac = (coords - lo).reshape([-1 if a == axis else 1 for a in range(3)])
+        coarse = (np.take(coarse, lo, axis=axis) * (1 - frac)
+                  + np.take(coarse, lo + 1, axis=axis) * frac)
+    return coarse
+
+
+def _blur(volume: np.ndarray, passes: int) -> np.ndarray:
+    """In-plane binomial blur (approximately Gaussian), `passes` times [1 2 1]/4 per axis."""
+    for _ in range(passes):
+        for axis in (1, 2):
+            padded = np.pad(volume, [(1, 1) if a == axis else (0, 0) for a in range(3)], mode="edge")
+            lo = np.take(padded, range(0, volume.shape[axis]), axis=axis)
+            mid = np.take(padded, range(1, volume.shape[axis] + 1), axis=axis)
+            hi = np.take(padded, range(2, volume.shape[axis] + 2), axis=axis)
+            volume = (lo + 2 * mid + hi) * 0.25
+    return volume
+
+
+def make_sample_scan(
+    shape: tuple[int, int, int], rng: np.random.Generator, name: str = "sample",
+    hydrated: bool | None = None, bits: int | None = None,
+) -> SampleScan:
+    """Generate one scan and its Bone-Pores mask.
+
+    Args:
+        shape: (Z, Y, X) in voxels.
+        rng: the random generator that decides everything about the scan.
+        hydrated: soft tissue in the cavities and around the bones; random if None.
+        bits: 8 or 16; random if None.
+    """
+    nz, ny, nx = shape
+    hydrated = bool(rng.random() < 0.5) if hydrated is None else hydrated
+    bits = int(rng.choice([8, 16])) if bits is None else bits
+    mask = np.zeros(shape, dtype=np.uint8)
+    envelope = np.zeros(shape, dtype=bool)
+    zz = np.arange(nz, dtype=np.float32)[:, None, None]
+    yy = np.arange(ny, dtype=np.float32)[None, :, None]
+    xx = np.arange(nx, dtype=np.float32)[None, None, :]
+    size = min(ny, nx)
+    n_bones = int(rng.integers(1, 4))
+    trabecular = _smooth_field(shape, rng, cell=max(3, size // 40)) > 0.55
+    # Closely packed bones side by side along x, with a small gap.
+    centres_x = np.linspace(0.5, 0.5, 1) if n_bones == 1 else np.linspace(0.28, 0.72, n_bones)
+    for i in range(n_bones):
+        outer_a = size * rng.uniform(0.16, 0.24) / max(1, n_bones * 0.7)
+        outer_b = outer_a * rng.uniform(0.75, 1.0)
+        cortex = outer_a * rng.uniform(0.22, 0.4)
+        cy = ny * rng.uniform(0.4, 0.6) + rng.uniform(-2, 2) * zz / max(1, nz)
+        cx = nx * centres_x[i] + rng.uniform(-3, 3) * zz / max(1, nz)
+        # Long bones flare towards the ends (metaphyses).
+        flare = 1 + 0.25 * (np.abs(zz - nz / 2) / max(1, nz / 2)) ** 2
+        r_out = ((yy - cy) / (outer_b * flare)) ** 2 + ((xx - cx) / (outer_a * flare)) ** 2
+        r_in = ((yy - cy) / (outer_b * flare - cortex)) ** 2 + ((xx - cx) / (outer_a * flare - cortex)) ** 2
+        inside, cavity = r_out <= 1, r_in <= 1
+        near_end = np.abs(zz - nz / 2) > nz * rng.uniform(0.25, 0.4)
+        mask[inside] = BONE
+        mask[cavity & ~(near_end & trabecular)] = PORES
+        envelope |= r_out <= 1.6
+    # Cortical pores: small canals running along z through the bone.
+    n_canals = int(rng.integers(3, 10)) * n_bones
+    for _ in range(n_canals):
+        py, px, radius = rng.uniform(0, ny), rng.uniform(0, nx), rng.uniform(0.8, 1.8)
+        canal = ((yy - py) ** 2 + (xx - px) ** 2 <= radius**2) & (mask == BONE)
+        mask[np.broadcast_to(canal, shape)] = PORES
+    # Intensities: air, soft tissue, bone, with blur, noise and slow beam-hardening shading.
+    air, soft, bone = 0.08, 0.32, rng.uniform(0.72, 0.85)
+    image = np.full(shape, air, dtype=np.float32)
+    if hydrated:
+        image[envelope] = soft
+    image[mask == PORES] = soft if hydrated else air
+    image[mask == BONE] = bone
+    image *= 1 - 0.08 * _smooth_field(shape, rng, cell=max(4, size // 4))
+    image = _blur(image, passes=1)
+    image += rng.normal(0.0, rng.uniform(0.025, 0.05), size=shape).astype(np.float32)
+    np.clip(image, 0.0, 1.0, out=image)
+    scale = 255.0 if bits == 8 else 60000.0
+    scan = (image * scale).astype(np.uint8 if bits == 8 else np.uint16)
+    voxel_um = float(rng.choice([6.0, 12.5, 20.0, 35.0]))
+    return SampleScan(name, scan, mask, VoxelSize(voxel_um, voxel_um, voxel_um), hydrated)
+
+
+def write_sample_dataset(
+    out: str | os.PathLike, scans: int = 4, seed: int = 0,
+    shape: tuple[int, int, int] = (32, 128, 128), overwrite: bool = False,
+) -> list[str]:
+    """Write `scans` sample scans as OUT/scans/<id>/ and OUT/masks/<id>/ folders of TIFF slices.
+
+    Returns the scan ids. Scan k uses a generator seeded from (seed, k), so the same seed
+    always gives the same scans.
+    """
+    out = Path(out).expanduser()
+    (out / "scans").mkdir(parents=True, exist_ok=True)
+    (out / "masks").mkdir(parents=True, exist_ok=True)
+    ids = []
+    for k in range(scans):
+        rng = np.random.default_rng([seed, k])
+        sample = make_sample_scan(shape, rng, name=f"bone_{k:02d}",
+                                  hydrated=k % 2 == 1, bits=8 if k % 3 == 2 else 16)
+        names = [f"{sample.name}_{z:04d}.tif" for z in range(shape[0])]
+        write_volume(out / "scans" / sample.name, sample.scan, names, sample.voxel_size, overwrite)
+        write_volume(out / "masks" / sample.name, sample.mask, names, sample.voxel_size, overwrite)
+        ids.append(sample.name)
+    return ids

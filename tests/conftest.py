@@ -1,0 +1,47 @@
+"""Shared fixtures: tiny sample datasets on disk, headless Qt, an artifacts folder."""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+import pytest
+
+# Qt must never need a display in tests.
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+
+
+@pytest.fixture(scope="session")
+def artifacts_dir() -> Path:
+    """Folder (ignored by git) for screenshots and other files a person may want to look at."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    return ARTIFACTS
+
+
+@pytest.fixture(scope="session")
+def sample_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Four tiny sample scans (16x64x64) with masks: ROOT/scans/<id>, ROOT/masks/<id>.
+
+    Session-wide and read-only: tests that change files make their own copy.
+    """
+    from bone_apps.core.synthetic import write_sample_dataset
+
+    root = tmp_path_factory.mktemp("samples")
+    write_sample_dataset(root, scans=4, seed=0, shape=(16, 64, 64))
+    return root
+
+
+@pytest.fixture(autouse=True)
+def no_dangling_threads():
+    """Fail a test that leaves a non-daemon thread running (a worker that never stopped)."""
+    before = set(threading.enumerate())
+    yield
+    leftover = [t for t in threading.enumerate()
+                if t not in before and t.is_alive() and not t.daemon]
+    for thread in leftover:
+        thread.join(timeout=5)
+    still = [t.name for t in leftover if t.is_alive()]
+    assert not still, f"threads left running: {still}"
