@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 import threading
 from pathlib import Path
 
@@ -10,6 +11,8 @@ import pytest
 
 # Qt must never need a display in tests.
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+# Remembered folders and options go to a throw-away place, never the user's own settings.
+os.environ["XDG_CONFIG_HOME"] = tempfile.mkdtemp(prefix="bone-apps-settings-")
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 

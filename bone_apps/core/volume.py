@@ -29,7 +29,7 @@ MASK_DTYPES = (np.dtype(np.uint8), np.dtype(np.uint16))
 _PLANE_AXES = ("Y", "X")
 _CHANNEL_AXES = ("S", "C")
 _UNIT_TO_UM = {
-    "um": 1.0, "micron": 1.0, "microns": 1.0, "µm": 1.0, "\u00b5m": 1.0, "micrometer": 1.0,
+    "um": 1.0, "micron": 1.0, "microns": 1.0, "\u00b5m": 1.0, "\u03bcm": 1.0, "micrometer": 1.0,
     "nm": 1e-3, "mm": 1e3, "cm": 1e4, "m": 1e6, "inch": 25400.0,
 }
 _RESOLUTION_UNIT_TO_UM = {2: 25400.0, 3: 1e4, 4: 1e3, 5: 1.0}  # inch, cm, mm, um (TIFF + tifffile)
@@ -487,7 +487,7 @@ class VolumeWriter:
             self.partial.mkdir()
 
     def _tiff_kwargs(self) -> dict:
-        kwargs: dict = {"compression": self.compression}
+        kwargs: dict = {"compression": self.compression, "photometric": "minisblack"}
         if self.voxel_size is not None:
             vs = self.voxel_size
             # Resolution in pixels per centimetre: the unit every TIFF reader knows.

@@ -1,0 +1,1 @@
+"""The DLFit desktop app."""

@@ -1,0 +1,1 @@
+"""The DLPred desktop app."""

@@ -1,0 +1,254 @@
+"""The IoU window: pick a reference and a prediction, score them, read and export the results."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from PySide6.QtCore import Qt
+from PySide6.QtGui import QGuiApplication
+from PySide6.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QLineEdit,
+    QMainWindow,
+    QProgressBar,
+    QPushButton,
+    QSplitter,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+from bone_apps.core.metrics import IoUResult
+from bone_apps.core.scoring import ScoreProgress, result_csv, score_stacks, write_result_json
+from bone_apps.ui.dialogs import show_error
+from bone_apps.ui.pickers import PathPicker
+from bone_apps.ui.plot import LinePlot
+from bone_apps.ui.settings import AppSettings
+from bone_apps.ui.worker import JobWorker
+
+COLUMNS = ("Class", "IoU", "Dice", "Reference voxels", "Predicted voxels")
+
+
+class IoUWindow(QMainWindow):
+    """Class-wise and mean IoU / Dice of a predicted label stack against a reference."""
+
+    def __init__(self, settings: AppSettings | None = None) -> None:
+        super().__init__()
+        self.setWindowTitle("bone_apps IoU — score a segmentation against a reference")
+        self.settings = settings or AppSettings("iou")
+        self.worker: JobWorker | None = None
+        self.result: IoUResult | None = None
+        self.last_error = ""
+        self._build()
+
+    # -- layout ---------------------------------------------------------------------------------
+    def _build(self) -> None:
+        self.reference = PathPicker(
+            "Reference mask: folder of TIFF slices or a multi-page TIFF", self.settings,
+            "reference", "The ground-truth labels (for example a manual segmentation).")
+        self.prediction = PathPicker(
+            "Predicted mask: folder of TIFF slices or a multi-page TIFF", self.settings,
+            "prediction", "The labels to score, for example the output of DLPred.")
+        self.class_names = QLineEdit(self.settings.get("class_names", "background,bone,pores"))
+        self.class_names.setToolTip(
+            "Names of labels 0, 1, 2, … separated by commas. They also declare how many classes "
+            "there are: a label outside them is reported as an error. Leave empty to count every "
+            "label found as its own class.")
+        self.ignore_background = QCheckBox("Leave background (label 0) out of the means")
+        self.ignore_background.setToolTip(
+            "Background usually dominates a scan and inflates the mean; tick to average only "
+            "the other classes.")
+        self.device = QComboBox()
+        self.device.addItems(["auto", "cpu", "cuda"])
+        self.device.setToolTip("auto uses an NVIDIA GPU when one is present; both give identical "
+                               "numbers.")
+        form = QFormLayout()
+        form.addRow("&Reference:", self.reference)
+        form.addRow("&Prediction:", self.prediction)
+        form.addRow("Class &names:", self.class_names)
+        form.addRow("", self.ignore_background)
+        form.addRow("&Device:", self.device)
+        inputs = QGroupBox("Masks to compare")
+        inputs.setLayout(form)
+
+        self.compute_button = QPushButton("&Compute")
+        self.compute_button.setDefault(True)
+        self.compute_button.setToolTip("Score the prediction against the reference, slice by slice.")
+        self.compute_button.clicked.connect(self.compute)
+        self.cancel_button = QPushButton("C&ancel")
+        self.cancel_button.setEnabled(False)
+        self.cancel_button.clicked.connect(self.cancel)
+        self.progress = QProgressBar()
+        self.progress.setFormat("%v / %m slices")
+        self.progress.setValue(0)
+        run_row = QHBoxLayout()
+        run_row.addWidget(self.compute_button)
+        run_row.addWidget(self.cancel_button)
+        run_row.addWidget(self.progress, 1)
+
+        self.table = QTableWidget(0, len(COLUMNS))
+        self.table.setHorizontalHeaderLabels(COLUMNS)
+        self.table.verticalHeader().setVisible(False)
+        self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
+        self.table.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
+        self.mean_label = QLabel("Mean IoU: —    Mean Dice: —")
+        self.mean_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        font = self.mean_label.font()
+        font.setPointSizeF(font.pointSizeF() * 1.25)
+        font.setBold(True)
+        self.mean_label.setFont(font)
+        self.copy_button = QPushButton("Cop&y table")
+        self.csv_button = QPushButton("Save &CSV…")
+        self.json_button = QPushButton("Save &JSON…")
+        for button in (self.copy_button, self.csv_button, self.json_button):
+            button.setEnabled(False)
+        self.copy_button.clicked.connect(self.copy_table)
+        self.csv_button.clicked.connect(lambda: self._save_dialog("csv"))
+        self.json_button.clicked.connect(lambda: self._save_dialog("json"))
+        export_row = QHBoxLayout()
+        export_row.addWidget(self.mean_label, 1)
+        for button in (self.copy_button, self.csv_button, self.json_button):
+            export_row.addWidget(button)
+        results = QWidget()
+        results_layout = QVBoxLayout(results)
+        results_layout.setContentsMargins(0, 0, 0, 0)
+        results_layout.addWidget(self.table)
+        results_layout.addLayout(export_row)
+
+        self.plot = LinePlot("Mean IoU per slice: where the prediction fails", "slice",
+                             "mean IoU", y_range=(0.0, 1.0))
+        self.plot.setToolTip("Each point is the mean IoU of one slice; dips show the slices to "
+                             "inspect.")
+        splitter = QSplitter(Qt.Orientation.Vertical)
+        splitter.addWidget(results)
+        splitter.addWidget(self.plot)
+        splitter.setStretchFactor(1, 1)
+
+        central = QWidget()
+        layout = QVBoxLayout(central)
+        layout.addWidget(inputs)
+        layout.addLayout(run_row)
+        layout.addWidget(splitter, 1)
+        self.setCentralWidget(central)
+        self.statusBar().showMessage("Choose a reference and a prediction, then Compute.")
+        self.resize(900, 720)
+
+    # -- work -----------------------------------------------------------------------------------
+    def compute(self) -> None:
+        """Start scoring off the GUI thread."""
+        if self.worker is not None:
+            return
+        reference, prediction = self.reference.path(), self.prediction.path()
+        if reference is None or prediction is None:
+            self._error("Choose both a reference and a prediction mask first.")
+            return
+        names = [n.strip() for n in self.class_names.text().split(",") if n.strip()] or None
+        ignore, device = self.ignore_background.isChecked(), self.device.currentText()
+        self.reference.remember()
+        self.prediction.remember()
+        self.settings.set("class_names", self.class_names.text())
+
+        def job(stop):
+            return score_stacks(reference, prediction, class_names=names,
+                                ignore_background=ignore, device=device, stop=stop)
+
+        self.worker = JobWorker(job)
+        self.worker.yielded.connect(self._on_progress)
+        self.worker.returned.connect(self._on_result)
+        self.worker.errored.connect(self._error)
+        self.worker.cancelled.connect(lambda: self.statusBar().showMessage("Cancelled."))
+        self.worker.finished.connect(self._on_finished)
+        self._set_running(True)
+        self.plot.clear()
+        self.statusBar().showMessage(f"Scoring {prediction.name} against {reference.name}…")
+        self.worker.start()
+
+    def cancel(self) -> None:
+        if self.worker is not None:
+            self.worker.stop()
+
+    def _set_running(self, running: bool) -> None:
+        self.compute_button.setEnabled(not running)
+        self.cancel_button.setEnabled(running)
+
+    def _on_progress(self, progress: ScoreProgress) -> None:
+        self.progress.setMaximum(max(1, progress.total))
+        self.progress.setValue(progress.done)
+
+    def _on_result(self, result: IoUResult) -> None:
+        self.result = result
+        self.table.setRowCount(len(result.classes))
+        for row, c in enumerate(result.classes):
+            cells = (f"{c.label}: {c.name}", _score(c.iou), _score(c.dice),
+                     f"{c.reference_voxels:,}", f"{c.predicted_voxels:,}")
+            for column, text in enumerate(cells):
+                item = QTableWidgetItem(text)
+                if column:
+                    item.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+                self.table.setItem(row, column, item)
+        scope = " (background left out)" if result.ignore_background else ""
+        self.mean_label.setText(f"Mean IoU: {_score(result.mean_iou)}    "
+                                f"Mean Dice: {_score(result.mean_dice)}{scope}")
+        self.plot.set_series("mean IoU", list(enumerate(result.slice_mean_iou)))
+        for button in (self.copy_button, self.csv_button, self.json_button):
+            button.setEnabled(True)
+        self.statusBar().showMessage(f"Scored {result.voxels:,} voxels in "
+                                     f"{len(result.slice_mean_iou)} slices.")
+
+    def _on_finished(self) -> None:
+        self._set_running(False)
+        if self.worker is not None:
+            self.worker.wait()
+            self.worker.deleteLater()
+        self.worker = None
+
+    def _error(self, message: str) -> None:
+        self.last_error = message
+        self.statusBar().showMessage("Could not score: see the message.")
+        show_error(self, "IoU", message)
+
+    # -- export ---------------------------------------------------------------------------------
+    def copy_table(self) -> None:
+        if self.result is not None:
+            QGuiApplication.clipboard().setText(result_csv(self.result))
+            self.statusBar().showMessage("Table copied as CSV.")
+
+    def save(self, path: Path) -> Path:
+        """Save the results as CSV or JSON, by the file's suffix."""
+        if self.result is None:
+            raise ValueError("nothing to save yet")
+        path = Path(path)
+        if path.suffix.lower() == ".json":
+            write_result_json(self.result, path, self.reference.path(), self.prediction.path())
+        else:
+            path.write_text(result_csv(self.result))
+        self.statusBar().showMessage(f"Saved {path}")
+        return path
+
+    def _save_dialog(self, kind: str) -> None:
+        start = str(self.prediction.path().parent / f"iou.{kind}") if self.prediction.path() else ""
+        file, _ = QFileDialog.getSaveFileName(self, "Save scores", start,
+                                              f"{kind.upper()} (*.{kind})")
+        if file:
+            try:
+                self.save(Path(file))
+            except OSError as exc:
+                self._error(f"{file} could not be written ({exc.strerror}): choose another place.")
+
+    def closeEvent(self, event) -> None:  # noqa: N802 - Qt override
+        if self.worker is not None:
+            self.worker.stop()
+            self.worker.wait()
+        super().closeEvent(event)
+
+
+def _score(value: float | None) -> str:
+    return "absent" if value is None else f"{value:.4f}"

@@ -1,0 +1,87 @@
+"""A path field for a scan or mask: type it, browse for a folder or a TIFF, or drop it in."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from PySide6.QtCore import Signal
+from PySide6.QtGui import QDragEnterEvent, QDropEvent
+from PySide6.QtWidgets import QFileDialog, QHBoxLayout, QLineEdit, QPushButton, QWidget
+
+from bone_apps.ui.settings import AppSettings
+
+TIFF_FILTER = "TIFF stacks (*.tif *.tiff *.TIF *.TIFF);;All files (*)"
+
+
+class PathPicker(QWidget):
+    """Line edit + "Folder..." + "File..." buttons; accepts a dropped folder or file.
+
+    `changed(str)` fires when the path changes. The last folder used is remembered under
+    `settings_key` in `settings`.
+    """
+
+    changed = Signal(str)
+
+    def __init__(self, placeholder: str, settings: AppSettings, settings_key: str,
+                 tooltip: str = "", file_filter: str = TIFF_FILTER,
+                 parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self._settings, self._key, self._filter = settings, settings_key, file_filter
+        self.edit = QLineEdit()
+        self.edit.setPlaceholderText(placeholder)
+        self.edit.setToolTip(tooltip)
+        self.edit.setText(settings.get(settings_key))
+        self.edit.textChanged.connect(self.changed.emit)
+        self.folder_button = QPushButton("Folder…")
+        self.folder_button.setToolTip("Choose a folder of TIFF slices")
+        self.file_button = QPushButton("File…")
+        self.file_button.setToolTip("Choose one multi-page TIFF file")
+        self.folder_button.clicked.connect(self._browse_folder)
+        self.file_button.clicked.connect(self._browse_file)
+        layout = QHBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self.edit, 1)
+        layout.addWidget(self.folder_button)
+        layout.addWidget(self.file_button)
+        self.setAcceptDrops(True)
+
+    def path(self) -> Path | None:
+        text = self.edit.text().strip()
+        return Path(text).expanduser() if text else None
+
+    def set_path(self, path: str | Path) -> None:
+        self.edit.setText(str(path))
+        self.remember()
+
+    def remember(self) -> None:
+        """Store the current path as the one to show next time."""
+        if self.path() is not None:
+            self._settings.set(self._key, str(self.path()))
+
+    def _start_dir(self) -> str:
+        current = self.path()
+        if current is None:
+            return str(Path.home())
+        return str(current if current.is_dir() else current.parent)
+
+    def _browse_folder(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Choose a folder of TIFF slices",
+                                                  self._start_dir())
+        if folder:
+            self.set_path(folder)
+
+    def _browse_file(self) -> None:
+        file, _ = QFileDialog.getOpenFileName(self, "Choose a TIFF stack", self._start_dir(),
+                                              self._filter)
+        if file:
+            self.set_path(file)
+
+    def dragEnterEvent(self, event: QDragEnterEvent) -> None:  # noqa: N802 - Qt override
+        if event.mimeData().hasUrls():
+            event.acceptProposedAction()
+
+    def dropEvent(self, event: QDropEvent) -> None:  # noqa: N802 - Qt override
+        urls = event.mimeData().urls()
+        if urls and urls[0].isLocalFile():
+            self.set_path(urls[0].toLocalFile())
+            event.acceptProposedAction()

@@ -1,0 +1,77 @@
+"""Run a core job generator off the GUI thread and relay its progress as Qt signals."""
+
+from __future__ import annotations
+
+import threading
+import traceback
+from collections.abc import Callable, Generator
+
+from PySide6.QtCore import QObject, QThread, Signal
+
+from bone_apps.core.errors import BoneAppsError, Cancelled
+
+JobFactory = Callable[[threading.Event], Generator]
+
+
+class JobWorker(QObject):
+    """Drives a core generator in a QThread.
+
+    `factory(stop_event)` must return the generator; the worker sets `stop_event` on `stop()`
+    so the job ends at its next safe point. Signals (delivered on the GUI thread):
+    `yielded(record)` for each progress record, `returned(value)` with the generator's return
+    value, `errored(message)` with one plain sentence, `cancelled()`, then always `finished()`.
+    """
+
+    yielded = Signal(object)
+    returned = Signal(object)
+    errored = Signal(str)
+    cancelled = Signal()
+    finished = Signal()
+
+    def __init__(self, factory: JobFactory) -> None:
+        super().__init__()
+        self._factory = factory
+        self.stop_event = threading.Event()
+        self._thread = QThread()
+        self._thread.setObjectName("bone-apps-worker")
+        self.moveToThread(self._thread)
+        self._thread.started.connect(self._run)
+        self.finished.connect(self._thread.quit)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Ask the job to end at its next safe point."""
+        self.stop_event.set()
+
+    def is_running(self) -> bool:
+        return self._thread.isRunning()
+
+    def wait(self, msecs: int = 30000) -> bool:
+        """Block until the thread has ended (for closing a window and for tests)."""
+        return self._thread.wait(msecs)
+
+    def _run(self) -> None:
+        try:
+            job = self._factory(self.stop_event)
+            while True:
+                try:
+                    record = next(job)
+                except StopIteration as done:
+                    self.returned.emit(done.value)
+                    break
+                self.yielded.emit(record)
+        except Cancelled:
+            self.cancelled.emit()
+        except BoneAppsError as exc:
+            self.errored.emit(str(exc))
+        except MemoryError:
+            self.errored.emit("The computer ran out of memory: close other programs or use "
+                              "smaller settings, then try again.")
+        except Exception as exc:  # noqa: BLE001 - a bug must reach the user as a dialog, not a crash
+            detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+            self.errored.emit(f"Something went wrong that bone_apps did not expect ({detail}). "
+                              "Please report it with the steps that led here.")
+        finally:
+            self.finished.emit()
