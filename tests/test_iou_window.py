@@ -112,3 +112,4 @@ def test_cancel_stops_scoring(window, qtbot, tmp_path):
     assert window.result is None  # stopped long before the 400th slice
     assert window.statusBar().currentMessage() == "Cancelled."
     assert window.compute_button.isEnabled() and not window.cancel_button.isEnabled()
+

@@ -6,7 +6,7 @@ import threading
 import traceback
 from collections.abc import Callable, Generator
 
-from PySide6.QtCore import QObject, QThread, Signal
+from PySide6.QtCore import QObject, Qt, QThread, Signal
 
 from bone_apps.core.errors import BoneAppsError, Cancelled
 
@@ -36,7 +36,9 @@ class JobWorker(QObject):
         self._thread.setObjectName("bone-apps-worker")
         self.moveToThread(self._thread)
         self._thread.started.connect(self._run)
-        self.finished.connect(self._thread.quit)
+        # Direct: quit from the worker thread itself, so a GUI-thread wait() (closing a window
+        # mid-run) cannot block the very event that would end the thread.
+        self.finished.connect(self._thread.quit, Qt.ConnectionType.DirectConnection)
 
     def start(self) -> None:
         self._thread.start()
