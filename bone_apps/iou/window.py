@@ -164,7 +164,7 @@ class IoUWindow(QMainWindow):
         self.worker.yielded.connect(self._on_progress)
         self.worker.returned.connect(self._on_result)
         self.worker.errored.connect(self._error)
-        self.worker.cancelled.connect(lambda: self.statusBar().showMessage("Cancelled."))
+        self.worker.cancelled.connect(self._on_cancelled)
         self.worker.finished.connect(self._on_finished)
         self._set_running(True)
         self.plot.clear()
@@ -202,6 +202,10 @@ class IoUWindow(QMainWindow):
             button.setEnabled(True)
         self.statusBar().showMessage(f"Scored {result.voxels:,} voxels in "
                                      f"{len(result.slice_mean_iou)} slices.")
+
+    def _on_cancelled(self) -> None:
+        # A method, not a lambda: PySide runs a plain callable in the emitting (worker) thread.
+        self.statusBar().showMessage("Cancelled.")
 
     def _on_finished(self) -> None:
         self._set_running(False)

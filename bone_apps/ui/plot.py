@@ -92,6 +92,9 @@ class LinePlot(QWidget):
                              Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter,
                              f"{y:.3g}")
         step = _nice_step(x1 - x0)
+        xs = [x for pts in self._series.values() for x, _ in pts]
+        if xs and all(float(x).is_integer() for x in xs):
+            step = max(1.0, step)  # epochs and slices: whole-number ticks only
         x = math.ceil(x0 / step) * step
         while x <= x1 + 1e-9:
             p = to_screen(x, y0)
