@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from bone_apps import __version__
 from bone_apps.core.errors import BoneAppsError
 
-COMMANDS = ("synth", "iou")
+COMMANDS = ("synth", "iou", "fit", "predict")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -29,3 +29,19 @@ class WeightsError(BoneAppsError):
 
 class Cancelled(BoneAppsError):
     """The user stopped a long job."""
+
+
+class PretrainedUnavailableError(BoneAppsError):
+    """Pretrained (ImageNet) encoder weights cannot be obtained, e.g. offline."""
+
+
+class FitConfigError(BoneAppsError):
+    """A fitting option is invalid or does not suit the data."""
+
+
+class DataCheckError(BoneAppsError):
+    """Scan/mask pairs failed the checks before fitting; the message lists every problem."""
+
+
+class PredictConfigError(BoneAppsError):
+    """A prediction option is invalid or does not suit the scan or the model."""

@@ -27,6 +27,7 @@ from bone_apps.core.metrics import (
     mean_iou_of,
     scores_from_confusion,
 )
+from bone_apps.core.monitor import cuda_available_cheaply
 from bone_apps.core.volume import Volume, check_same_shape, open_volume
 
 _PREFETCH_SLICES = 4
@@ -48,26 +49,12 @@ class Device(str, Enum):
             raise BoneAppsError(f"device {text!r} is unknown: use one of {valid}.") from None
 
 
-def nvml_gpu_count() -> int:
-    """Number of NVIDIA GPUs the driver reports, without importing torch (0 if none)."""
-    try:
-        import pynvml
-
-        pynvml.nvmlInit()
-        try:
-            return int(pynvml.nvmlDeviceGetCount())
-        finally:
-            pynvml.nvmlShutdown()
-    except Exception:  # noqa: BLE001 - no driver, no library, or no device: all mean "no GPU"
-        return 0
-
-
 def resolve_device(device: Device | str) -> Device:
     """AUTO -> CUDA when a usable GPU is present, else CPU; CUDA without one is an error."""
     device = Device.parse(device) if isinstance(device, str) else device
     if device is Device.CPU:
         return device
-    usable = nvml_gpu_count() > 0
+    usable = cuda_available_cheaply()
     if usable:
         import torch
 

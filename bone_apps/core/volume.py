@@ -144,14 +144,8 @@ class Volume:
         """Read slice z as a (Y, X) array; `out`, if given, receives the pixels."""
         if not 0 <= z < self.shape[0]:
             raise IndexError(f"slice {z} is outside 0..{self.shape[0] - 1} of {self.path}")
+        path, offset = self._raw_location(z)
         plane = self.shape[1] * self.shape[2]
-        if self._slice_files is not None:
-            slice_file = self._slice_files[z]
-            path, offset = slice_file.path, slice_file.offset
-        else:
-            path = self.path
-            offset = None if self._series_offset is None else (
-                self._series_offset + z * plane * self._stored_dtype.itemsize)
         try:
             if offset is not None:
                 data = np.fromfile(path, dtype=self._stored_dtype, count=plane, offset=offset)
@@ -172,6 +166,31 @@ class Volume:
             return data.astype(self.dtype, copy=False)
         out[...] = data
         return out
+
+    def _raw_location(self, z: int) -> tuple[Path, int | None]:
+        """The file holding slice z and the byte offset of its raw pixels (None if compressed)."""
+        if self._slice_files is not None:
+            return self._slice_files[z].path, self._slice_files[z].offset
+        if self._series_offset is None:
+            return self.path, None
+        plane_bytes = self.shape[1] * self.shape[2] * self._stored_dtype.itemsize
+        return self.path, self._series_offset + z * plane_bytes
+
+    def memmap_slice(self, z: int) -> np.ndarray | None:
+        """Slice z as a read-only memory map (file byte order) when stored uncompressed, else None.
+
+        Cropping a patch from a map reads only the pages the patch touches; the map costs
+        address space, not RAM.
+        """
+        path, offset = self._raw_location(z)
+        if offset is None:
+            return None
+        try:
+            mapped = np.memmap(path, dtype=self._stored_dtype, mode="r", offset=offset,
+                               shape=self.shape[1:])
+        except (OSError, ValueError) as exc:
+            raise VolumeError(f"{path} could not be read ({exc}): check the file or re-export it.") from exc
+        return mapped.view(np.ndarray)  # plain array views slice faster; the map stays alive
 
     def _read_page(self, z: int) -> np.ndarray:
         with self._lock:

@@ -1,0 +1,307 @@
+"""`bone fit`: fit a segmentation model on scan/mask pairs (DLFit on the command line)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+# Options that describe the model or its fitting; when none is given (flag or config file),
+# Easy mode applies the paper's BP-2D-03 recipe and adapts it to the data.
+_MODEL_OPTIONS = (
+    "dims", "context", "patch", "patch_depth", "patches_per_tile", "max_overlap", "augment",
+    "augmentation", "norm", "arch", "encoder", "loss", "optimizer", "lr", "weight_decay",
+    "scheduler", "restart_epochs", "epochs", "batch",
+)
+_AUG_FLAGS = {"aug_hflip": "p_hflip", "aug_vflip": "p_vflip", "aug_rotate": "p_rotate",
+              "aug_brightness": "p_brightness", "aug_contrast": "p_contrast"}
+_STOPPED = 130
+
+
+def _names(text: str) -> list[str]:
+    return [n.strip() for n in text.split(",") if n.strip()]
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "fit", help="fit a segmentation model on scan/mask pairs",
+        description="Fit a 2D, 2.5D or 3D segmentation model on scan/mask pairs and write "
+                    "OUT/model.pth with its logs. With no model options this is Easy mode: the "
+                    "paper's BP-2D-03 recipe (U-Net, ResNet-18, 256 px, batch 64, 25 epochs), "
+                    "shrunk to fit small data. Under torchrun it fits with DDP.",
+        argument_default=None)
+    data = parser.add_argument_group("data")
+    data.add_argument("--data", type=Path, metavar="ROOT",
+                      help="dataset folder with ROOT/scans/<id> and ROOT/masks/<id>")
+    data.add_argument("--pair", nargs=2, action="append", metavar=("SCAN", "MASK"),
+                      help="one scan and its mask (repeat for more)")
+    data.add_argument("--config", type=Path, metavar="FILE.json",
+                      help="options from a JSON file (as written to OUT/config.json); flags win")
+    data.add_argument("--val-scans", nargs="+", metavar="ID", help="validate on these scans")
+    data.add_argument("--train-fraction", type=float, metavar="F",
+                      help="fraction of whole scans that fit; the rest validate (0.8)")
+    data.add_argument("--class-names", type=_names, metavar="A,B,C",
+                      help="names of labels 0, 1, ...; declares the classes")
+    data.add_argument("--seed", type=int, help="random seed (42)")
+    data.add_argument("--cache-dir", type=Path, metavar="DIR", help="where per-scan statistics are cached")
+    data.add_argument("--stats-workers", type=int, metavar="N", help="processes computing statistics")
+
+    out = parser.add_argument_group("output")
+    out.add_argument("--out", type=Path, metavar="DIR", help="output folder")
+    out.add_argument("--resume", type=Path, metavar="DIR", help="continue the run in DIR")
+    out.add_argument("--overwrite", action="store_true", default=False,
+                     help="replace an earlier run in --out")
+
+    model = parser.add_argument_group("model")
+    model.add_argument("--easy", action="store_true", default=False,
+                       help="Easy mode even when model options are given")
+    model.add_argument("--list-models", action="store_true", default=False,
+                       help="print the architectures and encoders, then exit")
+    model.add_argument("--dims", choices=["2d", "2.5d", "3d"], help="fitting mode (2d)")
+    model.add_argument("--context", type=int, metavar="K", help="2.5D: slices on each side (1)")
+    model.add_argument("--patch", type=int, metavar="PX", help="patch size in px (256)")
+    model.add_argument("--patch-depth", type=int, metavar="SLICES", help="3D: patch depth in slices (16)")
+    model.add_argument("--patches-per-tile", type=int, metavar="N", help="random patches per tile (4)")
+    model.add_argument("--max-overlap", type=float, metavar="F", help="max overlap of two patches (0.5)")
+    model.add_argument("--no-augment", dest="augment", action="store_false",
+                       help="no augmentation")
+    for flag, what in (("hflip", "horizontal flip"), ("vflip", "vertical flip"),
+                       ("rotate", "rotation by 90/180/270"), ("brightness", "brightness shift"),
+                       ("contrast", "contrast scale")):
+        model.add_argument(f"--aug-{flag}", type=float, metavar="P", help=f"probability of {what}")
+    model.add_argument("--norm", choices=["zscore", "minmax", "minmax-full"],
+                       help="per-scan normalization (zscore; minmax uses 0.5-99.5 %% percentiles)")
+    model.add_argument("--arch", help="architecture (Unet); see --list-models")
+    model.add_argument("--encoder", help="encoder (resnet18); see --list-models")
+    model.add_argument("--init", metavar="random|imagenet|auto|FILE.pth",
+                       help="initial weights (auto: ImageNet when available, else random)")
+
+    fitting = parser.add_argument_group("fitting")
+    fitting.add_argument("--loss", choices=["jaccard", "dice", "focal-tversky", "ce+jaccard"],
+                         help="loss function (jaccard)")
+    fitting.add_argument("--optimizer", choices=["adam", "adamw", "sgd"],
+                         help="optimizer (adam; sgd uses momentum 0.9)")
+    fitting.add_argument("--lr", type=float, help="learning rate (0.001)")
+    fitting.add_argument("--weight-decay", type=float, metavar="WD", help="(adamw 0.01, else 0)")
+    fitting.add_argument("--scheduler", choices=["cosine", "cosine-restarts", "constant"],
+                         help="learning-rate schedule, stepped each epoch (cosine: one cycle)")
+    fitting.add_argument("--restart-epochs", type=int, metavar="N", help="cosine-restarts period (5)")
+    fitting.add_argument("--epochs", type=int, metavar="N", help="passes over the training tiles (25)")
+    fitting.add_argument("--batch", type=int, metavar="N", help="patches per update (64)")
+    fitting.add_argument("--device", help="auto, cpu, cuda, cuda:N, cuda:0,1 or cuda:all")
+    fitting.add_argument("--precision", choices=["auto", "fp32", "fp16", "bf16"],
+                         help="auto: mixed fp16 on CUDA, fp32 on the CPU")
+    fitting.add_argument("--workers", type=int, metavar="N", help="data loader processes (one per core)")
+    fitting.add_argument("--reproducible", action="store_true", default=None,
+                         help="deterministic algorithms: reruns give identical weights")
+    fitting.add_argument("--no-profile", dest="profile", action="store_false",
+                         help="skip counting FLOPs")
+    parser.set_defaults(func=run, command="fit")
+
+
+def list_models_text() -> str:
+    from bone_apps.core.models import list_architectures, list_encoders
+
+    return ("architectures (2D/2.5D): " + ", ".join(a for a in list_architectures()
+                                                    if a != "BasicUNet")
+            + "\narchitectures (3D): BasicUNet\n"
+            + "encoders (2D/2.5D): " + ", ".join(list_encoders("2d"))
+            + "\n  (and any timm encoder as tu-<name>)\n"
+            + "encoders (3D, widths of BasicUNet): " + ", ".join(list_encoders("3d")))
+
+
+def build_config(args: argparse.Namespace):
+    """FitConfig from defaults, then --config, then flags; Easy mode when no model option."""
+    from bone_apps.core.errors import FitConfigError
+    from bone_apps.core.fitconfig import FitConfig
+    from bone_apps.core.sampling import AugmentConfig
+
+    values: dict = {}
+    if args.config is not None:
+        values = FitConfig.load(args.config).to_dict()
+    from_file = set(values)
+    flags = {
+        "data": args.data, "val_scans": args.val_scans, "train_fraction": args.train_fraction,
+        "class_names": args.class_names, "seed": args.seed, "cache_dir": args.cache_dir,
+        "stats_workers": args.stats_workers, "out": args.out, "dims": args.dims,
+        "context": args.context, "patch": args.patch, "patch_depth": args.patch_depth,
+        "patches_per_tile": args.patches_per_tile, "max_overlap": args.max_overlap,
+        "augment": args.augment, "norm": args.norm, "arch": args.arch, "encoder": args.encoder,
+        "init": args.init, "loss": args.loss, "optimizer": args.optimizer, "lr": args.lr,
+        "weight_decay": args.weight_decay, "scheduler": args.scheduler,
+        "restart_epochs": args.restart_epochs, "epochs": args.epochs, "batch": args.batch,
+        "device": args.device, "precision": args.precision, "workers": args.workers,
+        "reproducible": args.reproducible, "profile": args.profile,
+    }
+    given = {k: v for k, v in flags.items() if v is not None}
+    for key in ("data", "cache_dir", "out"):
+        if key in given:
+            given[key] = str(given[key])
+    if args.pair:
+        given["pairs"] = [tuple(str(p) for p in pair) for pair in args.pair]
+    aug_changes = {field: getattr(args, flag) for flag, field in _AUG_FLAGS.items()
+                   if getattr(args, flag) is not None}
+    if aug_changes:
+        base = values.get("augmentation") or AugmentConfig().to_dict()
+        given["augmentation"] = {**base, **aug_changes}
+    values.update(given)
+    if not values.get("out"):
+        raise FitConfigError("no output folder: give --out DIR.")
+    model_given = any(k in given or k in from_file for k in _MODEL_OPTIONS)
+    values["easy"] = bool(args.easy or values.get("easy", False) or not model_given)
+    if isinstance(values.get("init"), str) and values["init"].lower().endswith((".pth", ".pt")):
+        _adopt_model_from_weights(values, given, from_file)
+    return FitConfig.from_dict(values)
+
+
+def _adopt_model_from_weights(values: dict, given: dict, from_file: set) -> None:
+    """Transfer learning: take dims, architecture, encoder and context from the weights file
+    unless they were given."""
+    from bone_apps.core.weights import load_weights
+
+    _, meta = load_weights(Path(values["init"]))
+    for key, meta_key in (("dims", "dims"), ("arch", "arch"), ("encoder", "encoder")):
+        if key not in given and key not in from_file:
+            values[key] = meta[meta_key]
+    if meta["dims"] == "2.5d" and "context" not in given and "context" not in from_file:
+        values["context"] = meta["context"]
+
+
+def _install_stop_handler(stop):
+    """First Ctrl-C: stop at the next safe point; a second one interrupts at once."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def handler(signum, frame):
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+        print("\nstopping at the next safe point (Ctrl-C again to abort without saving)...",
+              file=sys.stderr)
+
+    return signal.signal(signal.SIGINT, handler)
+
+
+def run(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from bone_apps.core.errors import FitConfigError
+
+    if args.list_models:
+        print(list_models_text())
+        return 0
+    resume = args.resume is not None
+    if resume:
+        from bone_apps.core.fitconfig import FitConfig
+
+        config_file = Path(args.resume) / "config.json"
+        if not config_file.is_file():
+            raise FitConfigError(f"{args.resume} holds no run to resume (no config.json): check "
+                                 "the folder.")
+        config = FitConfig.load(config_file)
+        keep = {k: v for k, v in (("workers", args.workers), ("device", args.device),
+                                  ("stats_workers", args.stats_workers)) if v is not None}
+        config = config.replace(out=str(args.resume), **keep)
+    else:
+        config = build_config(args)
+
+    from bone_apps.core.fit import fit
+
+    rank = int(os.environ.get("RANK", "0"))
+    stop = threading.Event()
+    previous = _install_stop_handler(stop)
+    console = _Console(enabled=rank == 0)
+    try:
+        result = None
+        for event in fit(config, resume=resume, overwrite=args.overwrite, stop=stop):
+            result = console.show(event) or result
+    finally:
+        console.close()
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+    if result is None:
+        return 1
+    if result.status == "stopped":
+        if rank == 0:
+            print(f"stopped; the checkpoint is saved. Continue with: {result.resume_hint}",
+                  file=sys.stderr)
+        return _STOPPED
+    return 0
+
+
+class _Console:
+    """Prints the engine's records: messages, a progress bar per phase, one line per epoch."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.bar = None
+        self.bar_key = None
+        self.stats_bar = None
+
+    def close(self) -> None:
+        for bar in (self.bar, self.stats_bar):
+            if bar is not None:
+                bar.close()
+        self.bar = self.stats_bar = None
+
+    def show(self, event):
+        from tqdm import tqdm
+
+        from bone_apps.core.fit import (
+            EpochEnd,
+            FitFinished,
+            FitMessage,
+            StatsProgress,
+            StepProgress,
+        )
+
+        if isinstance(event, FitFinished):
+            self.close()
+            result = event.result
+            if self.enabled and result.status == "completed":
+                best = result.best_val_iou
+                print(f"best validation IoU {best:.4f} at epoch {result.best_epoch}; weights: "
+                      f"{result.model_path}" if best is not None else "no validation IoU")
+            return result
+        if not self.enabled:
+            return None
+        if isinstance(event, StatsProgress):
+            if self.stats_bar is None:
+                self.stats_bar = tqdm(total=event.total, desc="statistics", unit="volume",
+                                      file=sys.stderr, disable=None, leave=False)
+            self.stats_bar.n = event.done
+            self.stats_bar.refresh()
+        elif isinstance(event, FitMessage):
+            if self.stats_bar is not None:
+                self.stats_bar.close()
+                self.stats_bar = None
+            prefix = "note: " if event.level == "note" else ""
+            print(prefix + event.text)
+        elif isinstance(event, StepProgress):
+            key = (event.epoch, event.phase)
+            if key != self.bar_key:
+                if self.bar is not None:
+                    self.bar.close()
+                self.bar = tqdm(total=event.steps, desc=f"epoch {event.epoch}/{event.epochs} "
+                                f"{event.phase}", unit="batch", file=sys.stderr, disable=None,
+                                leave=False, initial=event.step - 1)
+                self.bar_key = key
+            self.bar.update(1)
+            if event.loss is not None:
+                self.bar.set_postfix(loss=f"{event.loss:.4f}", refresh=False)
+        elif isinstance(event, EpochEnd):
+            if self.bar is not None:
+                self.bar.close()
+                self.bar, self.bar_key = None, None
+            classes = ", ".join(f"{k} {v:.3f}" if v is not None else f"{k} -"
+                                for k, v in event.val_iou_per_class.items())
+            print(f"epoch {event.epoch}/{event.epochs}: loss {event.train_loss:.4f}/"
+                  f"{event.val_loss:.4f}, IoU {event.train_iou:.4f}/{event.val_iou:.4f} "
+                  f"(train/val; {classes}), lr {event.lr:.2g}, {event.epoch_seconds:.1f} s"
+                  + (", saved" if event.improved else ""))
+        return None

@@ -1,0 +1,135 @@
+"""`bone predict`: label stacks from scans with a fitted model (DLPred)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+
+def _batch(text: str) -> int | None:
+    if text.strip().lower() == "auto":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is neither 'auto' nor a number of chunks") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a positive number of chunks")
+    return value
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "predict", help="segment scans with a fitted model (weights .pth) into label stacks",
+        description="Predict a label stack for each scan: chunks are normalized like in fitting, "
+                    "run through the network in batches, merged by averaging probabilities where "
+                    "they overlap, labelled by the most probable class, and voxels whose winning "
+                    "probability is below the threshold become background. Slices are written as "
+                    "they are finished, so memory does not grow with the number of slices. "
+                    "Everything about the model comes from the weights file.")
+    parser.add_argument("scans", type=Path, nargs="*", metavar="SCAN",
+                        help="scan folders of TIFF slices or multi-page TIFF files")
+    parser.add_argument("--data", type=Path, metavar="ROOT",
+                        help="predict every scan in ROOT/scans (instead of naming scans)")
+    parser.add_argument("--weights", type=Path, required=True, metavar="MODEL.pth",
+                        help="weights file written by bone fit")
+    parser.add_argument("--out", type=Path, required=True, metavar="OUT",
+                        help="one scan: its label stack (a folder, or a .tif for a multi-page scan); "
+                             "several: a folder receiving OUT/<id>")
+    parser.add_argument("--chunk", type=int, default=512, metavar="N",
+                        help="chunk edge in pixels (default 512; shrunk to small slices)")
+    parser.add_argument("--chunk-depth", type=int, metavar="N",
+                        help="3D models: chunk depth in slices (default: the fitted patch depth)")
+    parser.add_argument("--overlap", type=float, default=0.25, metavar="F",
+                        help="fraction of a chunk shared with its neighbour, in [0, 1) (default 0.25)")
+    parser.add_argument("--threshold", type=float, default=0.5, metavar="T",
+                        help="voxels whose winning probability is below T become background "
+                             "(default 0.5; 0 keeps every label)")
+    parser.add_argument("--blend", choices=["mean", "gaussian"], default="mean",
+                        help="weighting of overlapping chunks (default mean)")
+    parser.add_argument("--batch", type=_batch, default=None, metavar="auto|N",
+                        help="chunks per forward pass (default auto: from free GPU memory or RAM)")
+    parser.add_argument("--device", default="auto", metavar="auto|cpu|cuda|cuda:0,1",
+                        help="where the network runs (default auto; several GPUs: cuda:0,1)")
+    parser.add_argument("--tta", action="store_true", help="average over flipped copies (4x slower)")
+    parser.add_argument("--probabilities", action="store_true",
+                        help="also write each class's probability stack (uint8, 0-255) next to the labels")
+    parser.add_argument("--report", type=Path, metavar="FILE.json", help="also write the report as JSON")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    parser.set_defaults(func=run, command="predict")
+
+
+class _Progress:
+    """tqdm bars for the statistics and the slices of each scan (rank 0 only under torchrun)."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.bar = None
+        self.kind = ""
+
+    def _new(self, kind: str, **kwargs) -> None:
+        from tqdm import tqdm
+
+        self.close()
+        self.kind = kind
+        self.bar = tqdm(file=sys.stderr, disable=None if self.enabled else True, leave=False,
+                        dynamic_ncols=True, **kwargs)
+
+    def __call__(self, event) -> None:
+        from bone_apps.core.predict import ScanStarted, SliceProgress, StatsProgress
+
+        if isinstance(event, StatsProgress):
+            if self.kind != "stats":
+                self._new("stats", total=event.total, unit="scan", desc="statistics")
+            self.bar.update(event.done - self.bar.n)
+        elif isinstance(event, ScanStarted):
+            label = Path(event.scan).name
+            if event.scans > 1:
+                label = f"[{event.index + 1}/{event.scans}] {label}"
+            self._new("slices", total=event.shape[0], unit="slice", desc=label)
+        elif isinstance(event, SliceProgress) and self.bar is not None:
+            self.bar.update(event.done - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+            self.kind = ""
+
+
+def run(args: argparse.Namespace) -> int:
+    from bone_apps.core.errors import PredictConfigError
+    from bone_apps.core.normalize import default_cache_dir
+    from bone_apps.core.predict import PredictConfig, predict, scans_in
+
+    if args.data is not None and args.scans:
+        raise PredictConfigError("name scans or give --data ROOT, not both.")
+    scans = scans_in(args.data) if args.data is not None else args.scans
+    if not scans:
+        raise PredictConfigError("no scan was given: name scan folders or TIFF files, or give --data ROOT.")
+    config = PredictConfig(
+        scans=tuple(scans), weights=args.weights, out=args.out, chunk=args.chunk,
+        chunk_depth=args.chunk_depth, overlap=args.overlap, threshold=args.threshold, blend=args.blend,
+        batch=args.batch, device=args.device, tta=args.tta, probabilities=args.probabilities,
+        overwrite=args.overwrite, report=args.report, stats_cache=default_cache_dir())
+    rank = int(os.environ.get("RANK", "0") or 0)
+    progress = _Progress(enabled=rank == 0)
+    job = predict(config)
+    try:
+        while True:
+            try:
+                event = next(job)
+            except StopIteration as done:
+                report = done.value
+                break
+            progress(event)
+    finally:
+        progress.close()
+        job.close()  # on Ctrl-C: the outputs in progress are removed before we exit
+    if rank == 0:
+        print(report.text())
+        if args.report:
+            print(f"report written to {args.report}")
+    return 0

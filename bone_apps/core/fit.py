@@ -1,0 +1,893 @@
+"""Fitting: the generator that checks the data, splits it, builds the model and fits it.
+
+`fit(config)` yields small progress records (FitMessage, StatsProgress, StepProgress,
+EpochEnd) and ends with FitFinished(result). It honours a stop request between steps: the
+state is saved in checkpoint.pth (mid-epoch included) and `fit(config, resume=True)` goes on
+from there. In reproducible mode a resumed run ends with the same weights as an
+uninterrupted one, because every random draw of the data path comes from (seed, epoch,
+index) and every generator state is in the checkpoint.
+
+Devices: CPU; one GPU with automatic mixed precision; several GPUs of one machine with
+DataParallel; any number of processes under torchrun with DistributedDataParallel (each
+rank fits its share of the tiles; only rank 0 writes files).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import queue
+import random
+import threading
+import time
+from collections.abc import Callable, Generator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from bone_apps.core import ddp, runfiles
+from bone_apps.core.checkpoint import (
+    RunState,
+    load_checkpoint,
+    rng_states,
+    save_checkpoint,
+    set_rng_states,
+)
+from bone_apps.core.errors import (
+    BoneAppsError,
+    FitConfigError,
+    PretrainedUnavailableError,
+)
+from bone_apps.core.fitconfig import FitConfig
+from bone_apps.core.loader import TRAIN, VAL, FitBatches, FitSampler, make_loader
+from bone_apps.core.models import (
+    build_model,
+    canonical_architecture,
+    check_encoder,
+    required_multiple,
+)
+from bone_apps.core.monitor import ResourceMonitor
+from bone_apps.core.normalize import NormMethod, default_cache_dir
+from bone_apps.core.pairs import DataSummary, check_pairs, pairs_from_paths, pairs_from_root
+from bone_apps.core.sampling import (
+    Dims,
+    PatchBatches,
+    PatchLayout,
+    ScanSource,
+    patch_capacity,
+)
+from bone_apps.core.split import Split, split_scans, write_split
+from bone_apps.core.weights import save_weights, software_version, unwrap_model
+
+# Training memory per patch pixel of a U-Net / ResNet-18 (activations, gradients, optimizer
+# state), measured at 256 px in fp32 on the CPU; mixed precision roughly halves it. Easy
+# mode uses it to keep the batch within half of the free memory.
+_BYTES_PER_PIXEL_FP32 = 2048
+_REPORT_EVERY_S = 0.5  # how often a step reads the running loss back from the GPU
+
+
+# ----------------------------------------------------------------------------------------------
+# Progress records
+
+
+@dataclass(frozen=True)
+class FitMessage:
+    """A line for the user (setup steps, notes, warnings)."""
+
+    text: str
+    level: str = "info"
+
+
+@dataclass(frozen=True)
+class StatsProgress:
+    """Scan statistics and mask checks: `done` of `total` volumes finished."""
+
+    done: int
+    total: int
+
+
+@dataclass(frozen=True)
+class StepProgress:
+    """One batch done. `epoch` is 1-based; `loss` is the phase's running mean so far (read
+    from the device at most twice a second, else the last value read)."""
+
+    epoch: int
+    epochs: int
+    phase: str
+    step: int
+    steps: int
+    loss: float | None
+    lr: float
+
+
+@dataclass(frozen=True)
+class EpochEnd:
+    """One epoch finished (1-based `epoch`); `row` is its log.csv row."""
+
+    epoch: int
+    epochs: int
+    lr: float
+    train_loss: float
+    val_loss: float
+    train_iou: float
+    val_iou: float
+    val_iou_per_class: dict[str, float | None]
+    epoch_seconds: float
+    improved: bool
+    resources: dict
+    row: dict
+
+
+@dataclass(frozen=True)
+class FitResult:
+    """How a run ended. status: "completed" or "stopped"."""
+
+    out: Path
+    status: str
+    epochs_done: int
+    best_epoch: int | None
+    best_val_iou: float | None
+    model_path: Path | None
+    checkpoint_path: Path | None
+    summary: dict
+    resume_hint: str | None = None
+
+
+@dataclass(frozen=True)
+class FitFinished:
+    """The last record of a run."""
+
+    result: FitResult
+
+
+FitEvent = FitMessage | StatsProgress | StepProgress | EpochEnd | FitFinished
+
+
+# ----------------------------------------------------------------------------------------------
+# Helpers
+
+
+def _pow2_floor(n: int) -> int:
+    return 1 << max(0, int(math.floor(math.log2(max(1, n)))))
+
+
+def _nanmean(values) -> float:
+    finite = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+    return sum(finite) / len(finite) if finite else float("nan")
+
+
+class _Devices:
+    """Where fitting runs: the main device and, for DataParallel, the GPU ids."""
+
+    def __init__(self, text: str, dist: ddp.DistInfo) -> None:
+        import torch
+
+        text = (text or "auto").strip().lower()
+        cuda = torch.cuda.is_available()
+        self.ids: list[int] | None = None
+        if text == "auto":
+            text = "cuda" if cuda else "cpu"
+        if text == "cpu":
+            self.device = torch.device("cpu")
+            return
+        if not text.startswith("cuda"):
+            raise FitConfigError(f"device {text!r} is unknown: use auto, cpu, cuda, cuda:N, "
+                                 "cuda:0,1 or cuda:all.")
+        if not cuda:
+            raise FitConfigError("no CUDA GPU is available here: use --device cpu (or auto).")
+        count = torch.cuda.device_count()
+        if dist.enabled:  # torchrun: one GPU per process
+            self.device = torch.device("cuda", dist.local_rank % count)
+            return
+        spec = text[5:].lstrip(":")
+        if spec in ("", "0") or spec.isdigit():
+            index = int(spec or 0)
+            if index >= count:
+                raise FitConfigError(f"GPU {index} does not exist ({count} present): use "
+                                     f"cuda:0..{count - 1}.")
+            self.device = torch.device("cuda", index)
+            return
+        try:
+            ids = list(range(count)) if spec == "all" else [int(s) for s in spec.split(",")]
+        except ValueError:
+            raise FitConfigError(f"device {text!r} is unknown: use e.g. cuda:0,1 or cuda:all.") from None
+        if any(i >= count or i < 0 for i in ids):
+            raise FitConfigError(f"device {text!r} names a GPU that does not exist ({count} "
+                                 "present).")
+        self.device = torch.device("cuda", ids[0])
+        self.ids = ids if len(ids) > 1 else None
+
+    @property
+    def cuda(self) -> bool:
+        return self.device.type == "cuda"
+
+    def describe(self, dist: ddp.DistInfo) -> str:
+        if dist.enabled:
+            return f"{dist.world} processes (DistributedDataParallel), this one on {self.device}"
+        if self.ids:
+            return f"GPUs {', '.join(map(str, self.ids))} (DataParallel)"
+        return str(self.device)
+
+
+# ----------------------------------------------------------------------------------------------
+# The run
+
+
+def fit(
+    config: FitConfig,
+    resume: bool = False,
+    overwrite: bool = False,
+    stop: threading.Event | None = None,
+) -> Generator[FitEvent, None, FitResult]:
+    """Fit a model as `config` says, yielding progress; the last record is FitFinished.
+
+    Args:
+        config: the run's options.
+        resume: continue the run in config.out from its checkpoint.
+        overwrite: replace an earlier run in config.out.
+        stop: set it to stop at the next safe point (between steps); the state is saved
+            and the run can be resumed.
+
+    Returns (as the generator's value, and in FitFinished): the FitResult.
+
+    Raises:
+        BoneAppsError: bad options or data (every data problem listed at once), an output
+            folder holding another run, unavailable ImageNet weights, ...
+    """
+    run = _FitRun(config, resume, overwrite, stop or threading.Event())
+    try:
+        result = yield from run.execute()
+    finally:
+        run.close()
+    return result
+
+
+def run_fit(
+    config: FitConfig, on_event: Callable[[FitEvent], None] | None = None, **kwargs,
+) -> FitResult:
+    """Drive `fit` to the end, passing each record to `on_event`; returns the result."""
+    generator = fit(config, **kwargs)
+    while True:
+        try:
+            event = next(generator)
+        except StopIteration as done:
+            return done.value
+        if on_event is not None:
+            on_event(event)
+
+
+class _FitRun:
+    """State of one run; `execute()` is the generator behind fit()."""
+
+    def __init__(self, config: FitConfig, resume: bool, overwrite: bool,
+                 stop: threading.Event) -> None:
+        self.requested = config
+        self.config = config
+        self.resume = resume
+        self.overwrite = overwrite
+        self.stop = stop
+        self.dist = ddp.DistInfo.from_env()
+        self.out = Path(config.out).expanduser()
+        self.logger = runfiles.open_fit_log(None)
+        self.monitor = ResourceMonitor()
+        self.loader = None
+        self.notes: list[str] = []
+        self._restore: list[Callable[[], None]] = []
+        self.t_start = time.perf_counter()
+        self.peaks = {"peak_ram_bytes": 0, "peak_vram_bytes": None}
+
+    # Plumbing ---------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        self.loader = None  # ends the worker processes
+        self.monitor.stop()
+        for restore in reversed(self._restore):
+            restore()
+        self._restore.clear()
+        runfiles.close_fit_log(self.logger)
+        if self.dist.enabled:
+            ddp.destroy_process_group()
+
+    def say(self, text: str, level: str = "info") -> FitMessage:
+        if self.dist.is_main:
+            for line in text.splitlines():
+                self.logger.info(line)
+        return FitMessage(text, level)
+
+    def on_main(self, func: Callable[[], object]) -> object:
+        """Run `func` on rank 0 and hand its value (or its BoneAppsError) to every rank."""
+        box: tuple = ("ok", None)
+        if self.dist.is_main:
+            try:
+                box = ("ok", func())
+            except BoneAppsError as exc:
+                box = ("error", exc)
+        box = ddp.broadcast_object(box, self.dist)
+        if box[0] == "error":
+            raise box[1]
+        return box[1]
+
+    # The generator ----------------------------------------------------------------------------
+
+    def execute(self) -> Generator[FitEvent, None, FitResult]:
+        self.requested.validate()
+        self.devices = _Devices(self.requested.device, self.dist)
+        if self.devices.cuda:
+            import torch
+
+            torch.cuda.set_device(self.devices.device)  # NCCL binds each rank to its GPU
+        ddp.init_process_group(self.dist, self.devices.cuda)
+        self.monitor.start()
+        checkpoint = self.on_main(self._prepare_out)
+        if self.dist.is_main:
+            self.logger = runfiles.open_fit_log(self.out / runfiles.FIT_LOG)
+        if checkpoint is not None:
+            self.config = FitConfig.from_dict(checkpoint["config"]).replace(
+                **{k: getattr(self.requested, k) for k in ("workers", "device", "stats_workers",
+                                                             "cache_dir", "profile")})
+            yield self.say(f"resuming {self.out} at epoch {checkpoint['state']['epoch'] + 1} "
+                           f"({checkpoint['state']['phase']}, batch {checkpoint['state']['batch']})")
+        else:
+            yield self.say(f"bone_apps {software_version()}: fitting into {self.out}")
+        cfg = self.config
+        self._set_determinism(cfg)
+
+        summary = yield from self._check_data(cfg)
+        yield self.say(summary.text())
+        split = self._split(cfg, summary, checkpoint)
+        yield self.say(f"split (seed {cfg.seed}): {len(split.train)} scans fit "
+                       f"({', '.join(split.train)}), {len(split.val)} validate "
+                       f"({', '.join(split.val)})")
+        if checkpoint is None:
+            cfg = self.on_main(lambda: self._adjust(cfg, summary, split))
+            self.config = cfg
+        for note in self.notes:
+            yield self.say(note, "note")
+        self.notes.clear()
+        self._check_patch_geometry(cfg)
+
+        model, init_note = self._build_model(cfg, summary, checkpoint)
+        yield self.say(init_note)
+        if checkpoint is None and self.dist.is_main:
+            cfg.save(self.out / runfiles.CONFIG)
+        yield from self._complexity(cfg, model, summary)
+        yield from self._loop(cfg, model, summary, split, checkpoint)
+        return self.result
+
+    # Setup steps ------------------------------------------------------------------------------
+
+    def _prepare_out(self) -> dict | None:
+        runfiles.prepare_out(self.out, self.resume, self.overwrite)
+        if not self.resume:
+            return None
+        checkpoint = load_checkpoint(self.out / runfiles.CHECKPOINT)
+        saved = FitConfig.from_dict(checkpoint["config"])
+        requested = FitConfig.from_dict(checkpoint.get("requested_config", checkpoint["config"]))
+        if self.requested.differences(saved) and self.requested.differences(requested):
+            changed = self.requested.differences(saved)
+            raise FitConfigError(
+                f"the options differ from the run in {self.out} ({', '.join(changed)}): resume "
+                "with the same options (only workers and device may change), or start a new run.")
+        return checkpoint
+
+    def _set_determinism(self, cfg: FitConfig) -> None:
+        import torch
+
+        previous = (torch.are_deterministic_algorithms_enabled(),
+                    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
+
+        def restore() -> None:
+            torch.use_deterministic_algorithms(previous[0])
+            torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = previous[1:]
+
+        self._restore.append(restore)
+        random.seed(cfg.seed)
+        np.random.seed(cfg.seed % 2**32)
+        torch.manual_seed(cfg.seed)
+        if cfg.reproducible:
+            # cuBLAS needs this workspace setting for deterministic results; it is read when
+            # CUDA starts, which happens later in this process.
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            torch.use_deterministic_algorithms(True)
+            torch.backends.cudnn.deterministic = True
+            torch.backends.cudnn.benchmark = False
+        else:
+            torch.backends.cudnn.benchmark = True
+
+    def _check_data(self, cfg: FitConfig) -> Generator[FitEvent, None, DataSummary]:
+        """Find and check every pair on rank 0 (statistics in parallel processes)."""
+        events: queue.Queue = queue.Queue()
+        box: dict = {}
+
+        def work() -> None:
+            try:
+                pairs = []
+                if cfg.data:
+                    pairs += pairs_from_root(Path(cfg.data))
+                pairs += pairs_from_paths(cfg.pairs)
+                cache = Path(cfg.cache_dir).expanduser() if cfg.cache_dir else default_cache_dir()
+                box["summary"] = check_pairs(
+                    pairs, cfg.class_names or None, cfg.stats_workers, cache,
+                    lambda done, total: events.put(StatsProgress(done, total)))
+            except Exception as exc:  # noqa: BLE001 - re-raised in the generator below
+                box["error"] = exc
+
+        if self.dist.is_main:
+            yield self.say("checking scan/mask pairs and computing per-scan statistics")
+            thread = threading.Thread(target=work, name="bone-fit-checks", daemon=True)
+            thread.start()
+            while thread.is_alive() or not events.empty():
+                try:
+                    yield events.get(timeout=0.1)
+                except queue.Empty:
+                    pass
+            thread.join()
+        result = ddp.broadcast_object(
+            ("error", box["error"]) if "error" in box else ("ok", box.get("summary")), self.dist)
+        if result[0] == "error":
+            raise result[1]
+        return result[1]
+
+    def _split(self, cfg: FitConfig, summary: DataSummary, checkpoint: dict | None) -> Split:
+        if checkpoint is not None:
+            split = Split.from_dict(checkpoint["split"])
+            missing = [i for i in split.train + split.val if i not in summary.by_id()]
+            if missing:
+                raise FitConfigError(f"scans {', '.join(missing)} of the run being resumed are "
+                                     "missing: give the same data.")
+            return split
+        split = split_scans([i.pair.id for i in summary.infos], cfg.train_fraction, cfg.seed,
+                            cfg.val_scans or None)
+        if self.dist.is_main:
+            write_split(self.out / runfiles.SPLIT, split)
+        return split
+
+    def _adjust(self, cfg: FitConfig, summary: DataSummary, split: Split) -> FitConfig:
+        """Easy mode: shrink patch and batch to what the data and memory allow (with notes)."""
+        if not cfg.easy:
+            return cfg
+        infos = summary.by_id()
+        side = min(min(infos[i].shape[1:]) for i in split.train + split.val)
+        patch = cfg.patch
+        if side < patch:
+            patch = max(32, side // 32 * 32)
+            self.notes.append(f"Easy mode: patches shrink from {cfg.patch} to {patch} px because "
+                              f"the smallest scan is {side} px across.")
+        patches = sum(infos[i].shape[0] * min(cfg.patches_per_tile, patch_capacity(
+            infos[i].shape[1], infos[i].shape[2], patch, cfg.max_overlap)) for i in split.train)
+        batch = cfg.batch
+        if patches < 4 * batch:
+            batch = max(2, _pow2_floor(patches // 4))
+            self.notes.append(f"Easy mode: batch shrinks from {cfg.batch} to {batch} patches "
+                              f"because an epoch holds only {patches} training patches.")
+        free = self._free_memory()
+        per_patch = _BYTES_PER_PIXEL_FP32 * patch * patch // (2 if self.devices.cuda else 1)
+        if free and batch * per_patch > free // 2:
+            fitting = max(2, _pow2_floor(free // 2 // per_patch))
+            if fitting < batch:
+                self.notes.append(
+                    f"Easy mode: batch shrinks from {batch} to {fitting} patches to fit in the "
+                    f"{free / 2**30:.1f} GB of free {'GPU ' if self.devices.cuda else ''}memory.")
+                batch = fitting
+        return cfg.replace(patch=patch, batch=batch)
+
+    def _free_memory(self) -> int:
+        import psutil
+        import torch
+
+        if self.devices.cuda:
+            free, _ = torch.cuda.mem_get_info(self.devices.device)
+            return int(free)
+        return int(psutil.virtual_memory().available)
+
+    def _check_patch_geometry(self, cfg: FitConfig) -> None:
+        dims = Dims.parse(cfg.dims)
+        multiple = 16 if dims is Dims.D3 else 32
+        if cfg.patch % multiple:
+            lower = max(multiple, cfg.patch // multiple * multiple)
+            raise FitConfigError(f"patch size {cfg.patch} is not a multiple of {multiple}, which "
+                                 f"the network needs: use {lower} or {lower + multiple}.")
+        if dims is Dims.D3 and cfg.patch_depth % 16:
+            lower = max(16, cfg.patch_depth // 16 * 16)
+            raise FitConfigError(f"patch depth {cfg.patch_depth} is not a multiple of 16, which "
+                                 f"the 3D network needs: use {lower} or {lower + 16}.")
+
+    def _build_model(self, cfg: FitConfig, summary: DataSummary, checkpoint: dict | None):
+        import torch
+
+        dims = Dims.parse(cfg.dims)
+        arch = canonical_architecture(cfg.arch, dims.value)
+        check_encoder(cfg.encoder, dims.value)
+        in_channels = 2 * cfg.context + 1 if dims is Dims.D25 else 1
+        self.arch, self.in_channels, self.classes = arch, in_channels, summary.classes
+        init = cfg.init
+        weights = None
+        if checkpoint is None and (init == "imagenet" or (init == "auto" and dims is not Dims.D3)):
+            weights = "imagenet"
+        torch.manual_seed(cfg.seed)  # the same initial weights on every rank and every rerun
+        note = ""
+        try:
+            model = build_model(dims.value, arch, cfg.encoder, in_channels, summary.classes,
+                                weights, cfg.patch_depth)
+            if weights:
+                note = f"initial weights: ImageNet ({cfg.encoder} encoder)"
+        except PretrainedUnavailableError as exc:
+            if init != "auto":
+                raise
+            torch.manual_seed(cfg.seed)
+            model = build_model(dims.value, arch, cfg.encoder, in_channels, summary.classes,
+                                None, cfg.patch_depth)
+            reason = str(exc).split(":")[0]  # the cause, without the advice to choose random
+            note = f"initial weights: random, because {reason}"
+        if not note:
+            if checkpoint is not None:
+                note = "initial weights: from the checkpoint"
+            elif init in ("random", "auto"):
+                note = "initial weights: random" + (" (no ImageNet weights for 3D networks)"
+                                                    if init == "auto" else "")
+            else:
+                note = self._transfer(model, Path(init), dims.value, arch, cfg, summary)
+        self.init_note = note
+        self.multiple = required_multiple(model, dims.value)
+        return model, note
+
+    def _transfer(self, model, path: Path, dims: str, arch: str, cfg: FitConfig,
+                  summary: DataSummary) -> str:
+        """Load a weights file of this suite: all weights, or all but a new head."""
+        from bone_apps.core.weights import load_weights
+
+        state, meta = load_weights(path)
+        mismatch = [f"{k} {meta.get(k)} (this run: {v})" for k, v in (
+            ("dims", dims), ("arch", arch), ("encoder", cfg.encoder),
+            ("in_channels", self.in_channels)) if str(meta.get(k)).lower() != str(v).lower()]
+        if mismatch:
+            raise FitConfigError(f"{path} does not fit this model: {'; '.join(mismatch)}. Choose "
+                                 "matching --dims/--arch/--encoder/--context or another file.")
+        own = model.state_dict()
+        usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+        skipped = sorted(set(own) - set(usable))
+        model.load_state_dict(usable, strict=False)
+        if not skipped:
+            return f"initial weights: all from {path} (transfer learning)"
+        return (f"initial weights: encoder and decoder from {path}; new head for "
+                f"{summary.classes} classes (the file has {meta.get('classes')}): "
+                f"{len(skipped)} tensors start random ({', '.join(skipped[:4])}"
+                f"{', ...' if len(skipped) > 4 else ''})")
+
+    def _complexity(self, cfg: FitConfig, model, summary: DataSummary) -> Generator[FitEvent, None, None]:
+        """Parameters and FLOPs of one batch (fvcore), once, on rank 0."""
+        import torch
+
+        self.complexity: dict = {"parameters": sum(p.numel() for p in model.parameters()),
+                                 "flops_per_batch": None}
+        if not self.dist.is_main:
+            return
+        text = f"parameters: {self.complexity['parameters']:,}"
+        if cfg.profile:
+            try:
+                import warnings
+
+                with warnings.catch_warnings():
+                    # fvcore scripts a function at import, which this torch calls deprecated.
+                    warnings.simplefilter("ignore", FutureWarning)
+                    from fvcore.nn import FlopCountAnalysis, parameter_count_table
+
+                self.logger.info("parameters by module:\n" + parameter_count_table(model, max_depth=2))
+                shape = self._input_shape(cfg, 1)
+                was_training = model.training
+                model.eval()
+                with torch.no_grad(), warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # tracer chatter about this one trace
+                    analysis = FlopCountAnalysis(model, torch.zeros(shape))
+                    analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
+                    per_patch = int(analysis.total())
+                model.train(was_training)
+                self.complexity["flops_per_batch"] = per_patch * cfg.batch
+                text += (f"; {per_patch * cfg.batch / 1e9:.2f} GFLOPs per batch of {cfg.batch} "
+                         "(fvcore: one multiply-add counts as one)")
+            except Exception as exc:  # noqa: BLE001 - tracing is optional; fitting goes on
+                reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                text += f"; FLOPs not counted: fvcore could not trace {self.arch} ({reason})"
+        yield self.say(text)
+
+    def _input_shape(self, cfg: FitConfig, batch: int) -> tuple[int, ...]:
+        if Dims.parse(cfg.dims) is Dims.D3:
+            return (batch, 1, cfg.patch_depth, cfg.patch, cfg.patch)
+        return (batch, self.in_channels, cfg.patch, cfg.patch)
+
+    # The loop ---------------------------------------------------------------------------------
+
+    def _datasets(self, cfg: FitConfig, summary: DataSummary, split: Split):
+        infos = summary.by_id()
+
+        def sources(ids):
+            return [ScanSource(i, infos[i].pair.scan, infos[i].pair.mask, infos[i].shape,
+                               infos[i].stats) for i in ids]
+
+        layout = PatchLayout(Dims.parse(cfg.dims), cfg.patch, cfg.patches_per_tile,
+                             cfg.max_overlap, cfg.context, cfg.patch_depth)
+        per_rank = max(1, math.ceil(cfg.batch / self.dist.world))
+        common = dict(layout=layout, norm=cfg.norm, batch=per_rank, seed=cfg.seed,
+                      rank=self.dist.rank, world=self.dist.world, classes=summary.classes)
+        train = PatchBatches(sources(split.train), train=True,
+                             augment=cfg.augmentation if cfg.augment else None, **common)
+        val = PatchBatches(sources(split.val), train=False, **common)
+        return train, val
+
+    def _loop(self, cfg: FitConfig, model, summary: DataSummary, split: Split,
+              checkpoint: dict | None) -> Generator[FitEvent, None, None]:
+        import torch
+        from torchmetrics.classification import MulticlassJaccardIndex
+
+        from bone_apps.core.losses import build_loss, build_optimizer, build_scheduler
+
+        device = self.devices.device
+        model = model.to(device)
+        if self.dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel
+
+            net = DistributedDataParallel(model, device_ids=[device.index] if self.devices.cuda else None)
+        elif self.devices.ids:
+            net = torch.nn.DataParallel(model, device_ids=self.devices.ids)
+        else:
+            net = model
+        self.net = net
+        loss_fn = build_loss(cfg.loss)
+        optimizer = build_optimizer(cfg.optimizer, net.parameters(), cfg.lr, cfg.weight_decay)
+        scheduler = build_scheduler(cfg.scheduler, optimizer, cfg.epochs, cfg.restart_epochs)
+        precision = cfg.precision
+        if precision == "auto":
+            precision = "fp16" if self.devices.cuda else "fp32"
+        amp_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision)
+        scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16" and self.devices.cuda)
+        state = RunState()
+        if checkpoint is not None:
+            model.load_state_dict(checkpoint["model"])
+            optimizer.load_state_dict(checkpoint["optimizer"])
+            scheduler.load_state_dict(checkpoint["scheduler"])
+            scaler.load_state_dict(checkpoint["scaler"])
+            set_rng_states(checkpoint["rng"])
+            state = RunState.from_dict(checkpoint["state"])
+
+        def metric():
+            return MulticlassJaccardIndex(summary.classes, average="none", validate_args=False,
+                                          zero_division=float("nan")).to(device)
+
+        train_metric, val_metric = metric(), metric()
+        train_ds, val_ds = self._datasets(cfg, summary, split)
+        dataset = FitBatches(train_ds, val_ds)
+        sampler = FitSampler(dataset)
+        self.loader = make_loader(dataset, sampler, cfg.workers, cfg.seed, self.devices.cuda)
+        per_epoch = train_ds.patches_per_epoch
+        yield self.say(
+            f"{Dims.parse(cfg.dims).value} patches of {cfg.patch} px"
+            + (f" x {cfg.patch_depth} slices" if Dims.parse(cfg.dims) is Dims.D3 else "")
+            + f": {train_ds.tiles} training tiles, {per_epoch} training and "
+            f"{val_ds.patches_per_epoch} validation patches per epoch, batch {cfg.batch}"
+            f"{f' ({train_ds.batch} per process)' if self.dist.enabled else ''}; "
+            f"device {self.devices.describe(self.dist)}, precision {precision}, "
+            f"{self.loader.num_workers} loader workers")
+        self.setup_s = time.perf_counter() - self.t_start
+        class_names = list(summary.class_names)
+        self.state = state
+        self.stopped = False
+        step_seconds = 0.0
+
+        while state.epoch < cfg.epochs:
+            epoch = state.epoch
+            t_epoch = time.perf_counter()
+            self.monitor.reset_peaks()
+            lr = float(optimizer.param_groups[0]["lr"])
+            partial = state.partial or {}
+            sums = {"train_loss": torch.zeros((), dtype=torch.float64, device=device),
+                    "val_loss": torch.zeros((), dtype=torch.float64, device=device)}
+            counts = {"train": int(partial.get("train_n", 0)), "val": 0}
+            sums["train_loss"] += float(partial.get("train_loss_sum", 0.0))
+            train_metric.reset()
+            val_metric.reset()
+            if "train_confmat" in partial:
+                train_metric.confmat = partial["train_confmat"].to(device)
+            epoch_offset = float(partial.get("epoch_seconds", 0.0))
+            start_phase = VAL if state.phase == "val" else TRAIN
+            sampler.set_epoch(epoch, start_phase, state.batch)
+            steps = {TRAIN: train_ds.batches_per_epoch(epoch), VAL: val_ds.batches_per_epoch()}
+            net.train()
+            last_report, running = 0.0, None
+            phase_now = start_phase
+            stopped_at: tuple[int, int] | None = None
+            for phase, b, image, mask in self.loader:
+                phase, b = int(phase), int(b)
+                if phase != phase_now:
+                    phase_now, running, last_report = phase, None, 0.0
+                if phase == TRAIN:
+                    if self._stop_requested(device):
+                        stopped_at = (TRAIN, b)
+                        break
+                elif not self.dist.enabled and self.stop.is_set():
+                    stopped_at = (VAL, 0)  # validation restarts; it changes nothing
+                    break
+                image = image.to(device, non_blocking=True)
+                target = mask.to(device, non_blocking=True).long()
+                n = image.shape[0]
+                t0 = time.perf_counter()
+                if phase == TRAIN:
+                    optimizer.zero_grad(set_to_none=True)
+                    with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                        logits = net(image)
+                    loss = loss_fn(logits.float(), target)
+                    scaler.scale(loss).backward()
+                    scaler.step(optimizer)
+                    scaler.update()
+                    step_seconds += time.perf_counter() - t0
+                    with torch.no_grad():
+                        sums["train_loss"] += loss.detach().double() * n
+                        train_metric.update(logits.detach().argmax(1), target)
+                    counts["train"] += n
+                    key = "train"
+                else:
+                    if net.training:
+                        net.eval()
+                    with torch.no_grad(), torch.autocast(
+                            device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                        logits = unwrap_model(net)(image) if self.dist.enabled else net(image)
+                        loss = loss_fn(logits.float(), target)
+                    step_seconds += time.perf_counter() - t0
+                    sums["val_loss"] += loss.double() * n
+                    val_metric.update(logits.argmax(1), target)
+                    counts["val"] += n
+                    key = "val"
+                now = time.perf_counter()
+                if not self.devices.cuda or now - last_report >= _REPORT_EVERY_S or b + 1 == steps[phase]:
+                    running = float(sums[f"{key}_loss"].item()) / max(1, counts[key])
+                    last_report = now
+                yield StepProgress(epoch + 1, cfg.epochs, key, b + 1, steps[phase], running, lr)
+
+            if stopped_at is not None:
+                state.phase = "train" if stopped_at[0] == TRAIN else "val"
+                state.batch = stopped_at[1]
+                state.partial = {
+                    "train_loss_sum": float(sums["train_loss"].item()), "train_n": counts["train"],
+                    "train_confmat": train_metric.confmat.detach().cpu().clone(),
+                    "epoch_seconds": epoch_offset + time.perf_counter() - t_epoch}
+                state.fit_seconds += time.perf_counter() - t_epoch
+                self.stopped = True
+                break
+
+            # End of the epoch: gather numbers from every rank.
+            net.train()
+            totals = ddp.all_reduce_sum([float(sums["train_loss"].item()), counts["train"],
+                                         float(sums["val_loss"].item()), counts["val"]], device)
+            train_loss = totals[0] / max(1, totals[1])
+            val_loss = totals[2] / max(1, totals[3])
+            train_per_class = train_metric.compute().tolist()
+            val_per_class = val_metric.compute().tolist()
+            train_iou, val_iou = _nanmean(train_per_class), _nanmean(val_per_class)
+            scheduler.step()
+            epoch_seconds = epoch_offset + time.perf_counter() - t_epoch
+            state.fit_seconds += time.perf_counter() - t_epoch
+            improved = math.isfinite(val_iou) and (state.best_iou is None or val_iou > state.best_iou)
+            per_class = {name: (None if not math.isfinite(v) else v)
+                         for name, v in zip(class_names, val_per_class)}
+            resources = self.monitor.snapshot()
+            if self.devices.cuda:
+                resources["torch_max_allocated_bytes"] = int(torch.cuda.max_memory_allocated(device))
+                torch.cuda.reset_peak_memory_stats(device)
+            self.peaks["peak_ram_bytes"] = max(self.peaks["peak_ram_bytes"], resources["peak_rss_bytes"])
+            if resources["peak_vram_bytes"] is not None:
+                self.peaks["peak_vram_bytes"] = max(self.peaks["peak_vram_bytes"] or 0,
+                                                    resources["peak_vram_bytes"])
+            row = {"epoch": epoch + 1, "lr": lr, "train_loss": train_loss, "val_loss": val_loss,
+                   "train_iou": train_iou, "val_iou": val_iou,
+                   **{f"val_iou_{name}": v for name, v in per_class.items()},
+                   "epoch_time_s": epoch_seconds, "fit_time_s": state.fit_seconds,
+                   "step_time_s": step_seconds,
+                   "peak_ram_mb": resources["peak_rss_bytes"] / 2**20,
+                   "gpu_util_percent": resources["mean_gpu_utilization"],
+                   "peak_vram_mb": (None if resources["peak_vram_bytes"] is None
+                                    else resources["peak_vram_bytes"] / 2**20)}
+            state.history.append(row)
+            if improved:
+                state.best_iou, state.best_epoch = val_iou, epoch + 1
+            state.epoch, state.phase, state.batch, state.partial = epoch + 1, "train", 0, {}
+            if self.dist.is_main:
+                if improved:
+                    self._save_model(cfg, model, summary, row, per_class)
+                self._save_checkpoint(cfg, model, optimizer, scheduler, scaler, split, summary)
+                runfiles.write_log_csv(self.out / runfiles.LOG_CSV, state.history)
+                self.logger.info(
+                    f"epoch {epoch + 1}/{cfg.epochs}: lr {lr:.3g}, loss {train_loss:.4f} / "
+                    f"{val_loss:.4f}, IoU {train_iou:.4f} / {val_iou:.4f} (train / val), "
+                    + ", ".join(f"{k} {v:.4f}" if v is not None else f"{k} absent"
+                                for k, v in per_class.items())
+                    + f"; {epoch_seconds:.1f} s, peak RAM {resources['peak_rss_bytes'] / 2**30:.2f} GB"
+                    + (" (best so far, saved)" if improved else ""))
+            yield EpochEnd(epoch + 1, cfg.epochs, lr, train_loss, val_loss, train_iou, val_iou,
+                           per_class, epoch_seconds, improved, resources, row)
+            if self._stop_requested(device):
+                self.stopped = state.epoch < cfg.epochs
+                break
+
+        self.step_seconds = step_seconds
+        if self.stopped and self.dist.is_main:
+            self._save_checkpoint(cfg, model, optimizer, scheduler, scaler, split, summary)
+        self.loader = None
+        yield from self._finish(cfg, summary, split, train_ds)
+
+    def _stop_requested(self, device) -> bool:
+        """Whether to stop now; under DDP every rank answers the same (a stop on any rank)."""
+        if self.dist.enabled:
+            return ddp.any_rank(self.stop.is_set(), device)
+        return self.stop.is_set()
+
+    # Saving -----------------------------------------------------------------------------------
+
+    def _weights_meta(self, cfg: FitConfig, summary: DataSummary, row: dict, per_class: dict) -> dict:
+        dims = Dims.parse(cfg.dims)
+        return {
+            "version": software_version(), "dims": dims.value, "arch": self.arch,
+            "encoder": cfg.encoder, "in_channels": self.in_channels, "classes": summary.classes,
+            "class_names": list(summary.class_names), "patch_size": cfg.patch,
+            "context": cfg.context if dims is Dims.D25 else 0,
+            "patch_depth": cfg.patch_depth if dims is Dims.D3 else 1,
+            "norm": NormMethod.parse(cfg.norm).value, "fit_config": cfg.to_dict(),
+            "best_epoch": row["epoch"],
+            "metrics": {"val_iou": row["val_iou"], "val_loss": row["val_loss"],
+                        "train_iou": row["train_iou"], "train_loss": row["train_loss"],
+                        "val_iou_per_class": per_class},
+            "required_multiple": self.multiple,
+        }
+
+    def _save_model(self, cfg, model, summary, row, per_class) -> None:
+        save_weights(self.out / runfiles.MODEL, model, runfiles.finite(
+            self._weights_meta(cfg, summary, row, per_class)))
+
+    def _save_checkpoint(self, cfg, model, optimizer, scheduler, scaler, split, summary) -> None:
+        save_checkpoint(self.out / runfiles.CHECKPOINT, {
+            "config": cfg.to_dict(), "requested_config": self.requested.to_dict(),
+            "model": {k: v.detach().cpu() for k, v in unwrap_model(model).state_dict().items()},
+            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict(), "rng": rng_states(), "state": self.state.to_dict(),
+            "split": split.to_dict(), "classes": summary.classes,
+            "class_names": list(summary.class_names), "version": software_version()})
+
+    def _finish(self, cfg: FitConfig, summary: DataSummary, split: Split,
+                train_ds: PatchBatches) -> Generator[FitEvent, None, None]:
+        state = self.state
+        status = "stopped" if self.stopped else "completed"
+        best_row = next((r for r in state.history if r["epoch"] == state.best_epoch), None)
+        wall = time.perf_counter() - self.t_start
+        summary_data = {
+            "status": status, "epochs_done": state.epoch, "epochs": cfg.epochs,
+            "best_epoch": state.best_epoch, "best_val_iou": state.best_iou,
+            "best_metrics": best_row, "last_epoch": state.history[-1] if state.history else None,
+            "times": {"setup_s": self.setup_s, "fit_loop_s": state.fit_seconds,
+                      "step_s": self.step_seconds, "wall_s": wall},
+            "peaks": {**self.peaks, "mean_gpu_utilization": self.monitor.mean_gpu_utilization},
+            "complexity": self.complexity, "init": self.init_note,
+            "device": self.devices.describe(self.dist), "world_size": self.dist.world,
+            "classes": list(summary.class_names), "split": split.to_dict(),
+            "patches_per_epoch": train_ds.patches_per_epoch, "version": software_version(),
+        }
+        model_path = self.out / runfiles.MODEL
+        hint = None
+        if self.stopped:
+            hint = f"bone fit --resume {self.out}"
+        if self.dist.is_main:
+            runfiles.write_json(self.out / runfiles.SUMMARY, summary_data)
+            if self.stopped:
+                self.logger.info(f"stopped at epoch {state.epoch + 1}, {state.phase} batch "
+                                 f"{state.batch}; continue with: {hint}")
+            else:
+                self.logger.info(f"done: best validation IoU {state.best_iou} at epoch "
+                                 f"{state.best_epoch}; {wall:.1f} s in all")
+        self.result = FitResult(
+            out=self.out, status=status, epochs_done=state.epoch, best_epoch=state.best_epoch,
+            best_val_iou=state.best_iou,
+            model_path=model_path if model_path.exists() else None,
+            checkpoint_path=self.out / runfiles.CHECKPOINT, summary=summary_data, resume_hint=hint)
+        yield FitFinished(self.result)
+
+
+__all__ = ["EpochEnd", "FitEvent", "FitFinished", "FitMessage", "FitResult",
+           "StatsProgress", "StepProgress", "fit", "run_fit"]

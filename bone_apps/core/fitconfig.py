@@ -1,0 +1,187 @@
+"""FitConfig: every option of a fitting run, with the paper's defaults, as a frozen dataclass.
+
+The CLI fills it from flags (and an optional JSON file), the desktop app from its widgets;
+it is saved as config.json next to the outputs and embedded in the weights.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bone_apps.core.errors import FitConfigError
+from bone_apps.core.normalize import NormMethod
+from bone_apps.core.sampling import AugmentConfig, Dims
+
+INIT_CHOICES = ("random", "imagenet", "auto")
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+# Options that may change when a run is resumed: they do not change the numbers.
+RESUMABLE_CHANGES = frozenset({"out", "workers", "stats_workers", "cache_dir", "device",
+                               "profile"})
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    """Options of one fitting run.
+
+    Data: `data` (ROOT with scans/<id> and masks/<id>) and/or `pairs` ((scan, mask) paths);
+    `val_scans` names validation scans explicitly, otherwise `train_fraction` of the whole
+    scans (shuffled with `seed`) fit and the rest validate.
+    Patches: `dims` 2d / 2.5d (`context` slices on each side) / 3d (`patch_depth` slices);
+    `patch` px squares, `patches_per_tile` per tile with pairwise overlap <= `max_overlap`.
+    Model: smp `arch` and `encoder` (3D: "BasicUNet" with width "tiny" / "small" / "base");
+    `init` random, imagenet, auto (ImageNet when it can be had, random otherwise) or the
+    path of a weights file of this suite (transfer learning).
+    Fitting: `loss`, `optimizer`, `lr`, `weight_decay` (None: per optimizer), `scheduler`
+    (cosine, cosine-restarts every `restart_epochs`, constant), `epochs`, `batch` (patches per
+    update; split over GPUs / ranks). `device` auto, cpu, cuda, cuda:N, cuda:0,1 or cuda:all;
+    `precision` auto (fp16 on CUDA, fp32 on CPU), fp32, fp16, bf16. `workers` DataLoader
+    processes (None: from the core count). `reproducible` adds deterministic algorithms.
+    `easy` applies the paper's BP-2D-03 recipe, shrinking patch and batch to the data.
+    """
+
+    out: str
+    data: str | None = None
+    pairs: tuple[tuple[str, str], ...] = ()
+    val_scans: tuple[str, ...] = ()
+    train_fraction: float = 0.8
+    seed: int = 42
+    reproducible: bool = False
+    dims: str = "2d"
+    context: int = 1
+    patch: int = 256
+    patch_depth: int = 16
+    patches_per_tile: int = 4
+    max_overlap: float = 0.5
+    augment: bool = True
+    augmentation: AugmentConfig = field(default_factory=AugmentConfig)
+    norm: str = "zscore"
+    arch: str = "Unet"
+    encoder: str = "resnet18"
+    init: str = "auto"
+    class_names: tuple[str, ...] = ()
+    loss: str = "jaccard"
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    weight_decay: float | None = None
+    scheduler: str = "cosine"
+    restart_epochs: int = 5
+    epochs: int = 25
+    batch: int = 64
+    device: str = "auto"
+    precision: str = "auto"
+    workers: int | None = None
+    stats_workers: int | None = None
+    cache_dir: str | None = None
+    profile: bool = True
+    easy: bool = False
+
+    # JSON ------------------------------------------------------------------------------------
+
+    def to_dict(self) -> dict:
+        data = dataclasses.asdict(self)
+        data["pairs"] = [list(p) for p in self.pairs]
+        data["val_scans"] = list(self.val_scans)
+        data["class_names"] = list(self.class_names)
+        data["augmentation"] = self.augmentation.to_dict()
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> FitConfig:
+        """Build from a dict (e.g. JSON); unknown keys are an error naming the valid ones."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise FitConfigError(f"unknown option(s) {', '.join(unknown)}: valid options are "
+                                 f"{', '.join(sorted(names))}.")
+        data = dict(data)
+        if "out" not in data:
+            raise FitConfigError("the configuration has no output folder: set \"out\".")
+        if "pairs" in data:
+            data["pairs"] = tuple((str(s), str(m)) for s, m in data["pairs"])
+        for key in ("val_scans", "class_names"):
+            if key in data and data[key] is not None:
+                data[key] = tuple(str(v) for v in data[key])
+        if isinstance(data.get("augmentation"), dict):
+            try:
+                data["augmentation"] = AugmentConfig.from_dict(data["augmentation"])
+            except TypeError as exc:
+                raise FitConfigError(f"augmentation options are invalid ({exc}).") from None
+        return cls(**data)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> FitConfig:
+        return cls.from_dict(json.loads(text))
+
+    def save(self, path: Path) -> Path:
+        """Write as JSON atomically."""
+        path = Path(path)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        tmp.write_text(self.to_json())
+        os.replace(tmp, path)
+        return path
+
+    @classmethod
+    def load(cls, path: Path) -> FitConfig:
+        path = Path(path)
+        try:
+            return cls.from_json(path.read_text())
+        except OSError as exc:
+            raise FitConfigError(f"{path} cannot be read ({exc.strerror}): check the path.") from None
+        except ValueError as exc:
+            raise FitConfigError(f"{path} is not valid JSON ({exc}): fix the file.") from None
+
+    def replace(self, **changes) -> FitConfig:
+        return dataclasses.replace(self, **changes)
+
+    def differences(self, other: FitConfig, ignore: frozenset[str] = RESUMABLE_CHANGES) -> list[str]:
+        """Names of options that differ, leaving out `ignore`."""
+        a, b = self.to_dict(), other.to_dict()
+        return [k for k in a if k not in ignore and a[k] != b[k]]
+
+    # Checks ----------------------------------------------------------------------------------
+
+    def validate(self) -> None:
+        """Raise FitConfigError for values that can never work (data-independent checks)."""
+        from bone_apps.core.losses import check_names
+
+        Dims.parse(self.dims)
+        NormMethod.parse(self.norm)
+        check_names(self.loss, self.optimizer, self.scheduler)
+        if not self.data and not self.pairs:
+            raise FitConfigError("no scans to fit: give --data ROOT or --pair SCAN MASK.")
+        positive = {"patch": self.patch, "patches_per_tile": self.patches_per_tile,
+                    "epochs": self.epochs, "batch": self.batch, "patch_depth": self.patch_depth,
+                    "restart_epochs": self.restart_epochs}
+        for name, value in positive.items():
+            if int(value) < 1:
+                raise FitConfigError(f"{name.replace('_', ' ')} must be at least 1 (got {value}).")
+        if self.context < 0:
+            raise FitConfigError(f"context must be 0 or more slices (got {self.context}).")
+        if not 0.0 <= self.max_overlap <= 1.0:
+            raise FitConfigError(f"max overlap {self.max_overlap} must be a fraction between 0 "
+                                 "and 1.")
+        if not self.lr > 0:
+            raise FitConfigError(f"learning rate {self.lr} must be positive (e.g. 0.001).")
+        if self.precision not in PRECISIONS:
+            raise FitConfigError(f"precision {self.precision!r} is unknown: use one of "
+                                 f"{', '.join(PRECISIONS)}.")
+        if self.init not in INIT_CHOICES and not self.init.lower().endswith((".pth", ".pt")):
+            raise FitConfigError(f"initial weights {self.init!r} are unknown: use random, "
+                                 "imagenet, auto or the path of a .pth weights file.")
+        if self.workers is not None and self.workers < 0:
+            raise FitConfigError("workers must be 0 or more.")
+
+
+def easy_config(out: str, **data_options) -> FitConfig:
+    """The paper's BP-2D-03 recipe (U-Net, ResNet-18, 2D, 256 px, 4 patches per tile, Z-score,
+    augmentation, 25 epochs, batch 64, LR 1e-3, Adam, cosine, Jaccard), ImageNet init when
+    available. `data_options` sets data, pairs, val_scans, train_fraction, seed, ..."""
+    base = FitConfig(out=out, easy=True)
+    return base.replace(**data_options)

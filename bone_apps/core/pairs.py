@@ -1,0 +1,233 @@
+"""Scan/mask pairs for fitting: finding them, checking them all at once, summarizing them.
+
+Checks open every scan and mask (headers only), compare shapes, and count mask labels
+slice by slice in parallel processes (cached like the normalization statistics, and in the
+same pass), so every problem is reported together before any fitting starts.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from bone_apps.core.errors import DataCheckError, VolumeError
+from bone_apps.core.normalize import ScanStats, run_volume_tasks, stats_task
+from bone_apps.core.volume import TIFF_SUFFIXES, natural_key, open_volume
+
+DEFAULT_CLASS_NAMES = ("background", "bone", "pores")
+
+
+@dataclass(frozen=True)
+class ScanPair:
+    """One scan and its mask, with the id used in logs and split.json."""
+
+    id: str
+    scan: Path
+    mask: Path
+
+
+@dataclass(frozen=True)
+class PairInfo:
+    """What the checks learned about one pair."""
+
+    pair: ScanPair
+    shape: tuple[int, int, int]
+    dtype: str
+    voxel_size: str | None
+    label_counts: tuple[int, ...]  # voxels of label 0, 1, ...
+    stats: ScanStats
+
+    @property
+    def fractions(self) -> list[float]:
+        total = sum(self.label_counts) or 1
+        return [c / total for c in self.label_counts]
+
+
+@dataclass(frozen=True)
+class DataSummary:
+    """All pairs, checked: the infos in input order, the class count and names."""
+
+    infos: tuple[PairInfo, ...]
+    classes: int
+    class_names: tuple[str, ...]
+
+    def by_id(self) -> dict[str, PairInfo]:
+        return {info.pair.id: info for info in self.infos}
+
+    def text(self) -> str:
+        """A readable table: scans, slices, voxel sizes, class voxel fractions per scan."""
+        head = ["scan", "slices", "size (YxX)", "type", "voxel"] + list(self.class_names)
+        rows = [head]
+        for info in self.infos:
+            z, y, x = info.shape
+            fractions = info.fractions + [0.0] * (self.classes - len(info.label_counts))
+            rows.append([info.pair.id, str(z), f"{y}x{x}", info.dtype, info.voxel_size or "unknown"]
+                        + [f"{100 * f:.1f} %" for f in fractions[: self.classes]])
+        widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+        lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+        slices = sum(info.shape[0] for info in self.infos)
+        lines.append(f"{len(self.infos)} scans, {slices} slices, {self.classes} classes "
+                     f"({', '.join(self.class_names)})")
+        return "\n".join(lines)
+
+
+def _volume_id(path: Path) -> str:
+    name = path.name
+    for suffix in TIFF_SUFFIXES:
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def _entries(folder: Path) -> dict[str, Path]:
+    """Volumes in a folder: sub-folders and TIFF files, by id."""
+    found = {}
+    for entry in sorted(os.scandir(folder), key=lambda e: natural_key(e.name)):
+        if entry.name.startswith("."):
+            continue
+        path = Path(entry.path)
+        if entry.is_dir() or path.suffix.lower() in TIFF_SUFFIXES:
+            found[_volume_id(path)] = path
+    return found
+
+
+def pairs_from_root(root: Path) -> list[ScanPair]:
+    """Pairs ROOT/scans/<id> + ROOT/masks/<id> (folders or TIFF files) matched by name.
+
+    Raises:
+        DataCheckError: the folders are missing, or scans and masks do not match; every
+            unmatched name is listed.
+    """
+    root = Path(root).expanduser()
+    scans_dir, masks_dir = root / "scans", root / "masks"
+    missing = [str(d) for d in (scans_dir, masks_dir) if not d.is_dir()]
+    if missing:
+        raise DataCheckError(f"{' and '.join(missing)} not found: --data needs ROOT/scans/<id> and "
+                             "ROOT/masks/<id> with the same names.")
+    scans, masks = _entries(scans_dir), _entries(masks_dir)
+    problems = [f"{scans[i]} has no mask: add {masks_dir / scans[i].name}" for i in scans
+                if i not in masks]
+    problems += [f"{masks[i]} has no scan: add {scans_dir / masks[i].name} or remove the mask"
+                 for i in masks if i not in scans]
+    if problems:
+        raise DataCheckError(_problem_text(problems))
+    if not scans:
+        raise DataCheckError(f"{scans_dir} holds no scans: add one folder of TIFF slices (or one "
+                             "TIFF file) per scan.")
+    return [ScanPair(i, scans[i], masks[i]) for i in scans]
+
+
+def pairs_from_paths(pairs: Sequence[tuple[str | os.PathLike, str | os.PathLike]]) -> list[ScanPair]:
+    """Pairs given one by one (--pair SCAN MASK); ids from scan names, made unique."""
+    result, seen = [], {}
+    for scan, mask in pairs:
+        scan, mask = Path(scan).expanduser(), Path(mask).expanduser()
+        base = _volume_id(scan)
+        seen[base] = seen.get(base, 0) + 1
+        ident = base if seen[base] == 1 else f"{base}_{seen[base]}"
+        result.append(ScanPair(ident, scan, mask))
+    return result
+
+
+def _problem_text(problems: list[str]) -> str:
+    if len(problems) == 1:
+        return problems[0] + "."
+    return f"{len(problems)} problems with the scan/mask pairs:\n" + "\n".join(
+        f"  - {p}" for p in problems)
+
+
+def label_counts_task(path: str) -> dict:
+    """Voxels per label of one mask, counted slice by slice (a run_volume_tasks task)."""
+    counts = np.zeros(0, dtype=np.int64)
+    with open_volume(path, role="mask") as volume:
+        for slice_ in volume.iter_slices():
+            c = np.bincount(slice_.ravel())
+            if c.size > counts.size:
+                counts = np.pad(counts, (0, c.size - counts.size))
+            counts[: c.size] += c
+    return {"counts": [int(c) for c in counts]}
+
+
+def default_class_names(classes: int) -> tuple[str, ...]:
+    """background, bone, pores (the paper's labels), then "class 3", ..."""
+    return tuple(DEFAULT_CLASS_NAMES[i] if i < len(DEFAULT_CLASS_NAMES) else f"class {i}"
+                 for i in range(classes))
+
+
+def check_pairs(
+    pairs: Sequence[ScanPair],
+    class_names: Sequence[str] | None = None,
+    workers: int | None = None,
+    cache_dir: Path | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> DataSummary:
+    """Check every pair and compute each scan's statistics and each mask's label counts.
+
+    Args:
+        pairs: the scan/mask pairs.
+        class_names: names of labels 0, 1, ...; declares the classes (masks may not use
+            more). None: classes = highest label + 1, names from default_class_names().
+        workers, cache_dir, progress: as for normalize.run_volume_tasks.
+
+    Raises:
+        DataCheckError: listing every problem (unreadable or unsupported scans, shape
+            mismatches, labels beyond the classes, masks without any foreground).
+    """
+    problems: list[str] = []
+    opened = []
+    ids = [p.id for p in pairs]
+    for dup in sorted({i for i in ids if ids.count(i) > 1}):
+        problems.append(f"two scans are named {dup}: rename one of them")
+    for pair in pairs:
+        try:
+            scan = open_volume(pair.scan, role="scan")
+        except VolumeError as exc:
+            problems.append(str(exc).rstrip("."))
+            scan = None
+        try:
+            mask = open_volume(pair.mask, role="mask")
+        except VolumeError as exc:
+            problems.append(str(exc).rstrip("."))
+            mask = None
+        if scan is not None and mask is not None:
+            if scan.shape != mask.shape:
+                problems.append(
+                    f"{pair.mask} is {'x'.join(map(str, mask.shape))} (slices x height x width) but "
+                    f"{pair.scan} is {'x'.join(map(str, scan.shape))}: choose the mask that belongs "
+                    "to this scan")
+            else:
+                opened.append((pair, scan))
+    if problems:
+        raise DataCheckError(_problem_text(problems))
+    tasks = []
+    for pair, _ in opened:
+        tasks += [(stats_task, pair.scan, "stats"), (label_counts_task, pair.mask, "labels")]
+    values = run_volume_tasks(tasks, workers, cache_dir, progress)
+    infos = []
+    for k, (pair, scan) in enumerate(opened):
+        stats, counts = ScanStats.from_dict(values[2 * k]), tuple(values[2 * k + 1]["counts"])
+        infos.append(PairInfo(pair, scan.shape, str(scan.dtype),
+                              str(scan.voxel_size) if scan.voxel_size else None, counts, stats))
+    classes = max(len(i.label_counts) for i in infos)
+    if class_names:
+        names = tuple(class_names)
+        for info in infos:
+            extra = [lab for lab in range(len(names), len(info.label_counts)) if info.label_counts[lab]]
+            if extra:
+                problems.append(
+                    f"{info.pair.mask} holds label(s) {', '.join(map(str, extra))} but only "
+                    f"{len(names)} classes are named ({', '.join(names)}): name every label or "
+                    "fix the mask")
+        classes = len(names)
+    else:
+        names = default_class_names(max(classes, 2))
+    if classes < 2:
+        problems.append("every mask holds only background (label 0): label the structures to "
+                        "segment (e.g. 1 = bone, 2 = pores)")
+    if problems:
+        raise DataCheckError(_problem_text(problems))
+    return DataSummary(tuple(infos), max(classes, 2), names[: max(classes, 2)])

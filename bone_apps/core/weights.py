@@ -1,0 +1,186 @@
+"""The weights file: one `.pth` holding a model's parameters and everything needed to rebuild it.
+
+Layout: `{"format": WEIGHTS_FORMAT, "state_dict": {name: tensor}, "meta": {...}}`, where meta
+holds plain types only (str, int, float, bool, None, lists and dicts of them). Loading uses
+`torch.load(weights_only=True)`, which refuses pickled code, and then checks the format and
+the metadata, so a foreign or crafted file is rejected with one sentence and never executed.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from bone_apps.core.errors import WeightsError
+
+if TYPE_CHECKING:
+    import torch
+
+WEIGHTS_FORMAT = "bone_apps.weights/1"
+_FORMAT_PREFIX = "bone_apps.weights/"
+DIMS = ("2d", "2.5d", "3d")
+# Metadata a file must carry for prediction to rebuild and feed the model.
+REQUIRED_META = (
+    "version", "dims", "arch", "encoder", "in_channels", "classes", "class_names", "patch_size",
+    "context", "patch_depth", "norm", "required_multiple",
+)
+# Filled in by save_weights when the caller leaves them out.
+OPTIONAL_META = ("fit_config", "best_epoch", "metrics", "date", "torch_version", "smp_version")
+
+
+def software_version() -> str:
+    """The version string stored in weights: "X.Y.Z standalone"."""
+    from bone_apps import __version__
+
+    return f"{__version__} standalone"
+
+
+def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The plain model inside DataParallel / DistributedDataParallel / torch.compile wrappers."""
+    while True:
+        inner = getattr(model, "_orig_mod", None)  # torch.compile
+        if inner is None and type(model).__name__ in ("DataParallel", "DistributedDataParallel"):
+            inner = model.module
+        if inner is None:
+            return model
+        model = inner
+
+
+def _check_plain(value: object, where: str) -> None:
+    """Raise TypeError unless `value` is JSON-like plain data (weights_only can load it)."""
+    if value is None or isinstance(value, (str, bool, int, float)):
+        return
+    if isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            _check_plain(item, f"{where}[{i}]")
+        return
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise TypeError(f"weights metadata key {key!r} in {where} is not a string")
+            _check_plain(item, f"{where}.{key}")
+        return
+    raise TypeError(f"weights metadata {where} is a {type(value).__name__}, not plain data")
+
+
+def _plain(value: object) -> object:
+    """Tuples become lists so the saved metadata equals what loading returns."""
+    return json.loads(json.dumps(value))
+
+
+def save_weights(path: Path, model: torch.nn.Module, meta: dict) -> Path:
+    """Write `model`'s parameters and `meta` to `path` atomically (temporary name, then rename).
+
+    Args:
+        path: the .pth file to write (replaced if present).
+        model: the model, possibly wrapped in DataParallel, DDP or torch.compile.
+        meta: metadata with at least REQUIRED_META; "date", "torch_version", "smp_version",
+            "version" are filled in when absent.
+
+    Returns:
+        The path written.
+    """
+    import torch
+
+    path = Path(path)
+    meta = dict(meta)
+    meta.setdefault("version", software_version())
+    missing = [k for k in REQUIRED_META if k not in meta]
+    if missing:
+        raise ValueError(f"weights metadata lacks {', '.join(missing)}")
+    if meta["dims"] not in DIMS:
+        raise ValueError(f"weights metadata dims {meta['dims']!r} is not one of {DIMS}")
+    meta.setdefault("date", _dt.datetime.now().astimezone().isoformat(timespec="seconds"))
+    meta.setdefault("torch_version", torch.__version__)
+    try:
+        import segmentation_models_pytorch as smp
+
+        meta.setdefault("smp_version", smp.__version__)
+    except ImportError:
+        meta.setdefault("smp_version", None)
+    for key in ("fit_config", "metrics"):
+        meta.setdefault(key, {})
+    meta.setdefault("best_epoch", None)
+    _check_plain(meta, "meta")
+    state = {k: v.detach().to("cpu").clone().contiguous()
+             for k, v in unwrap_model(model).state_dict().items()}
+    payload = {"format": WEIGHTS_FORMAT, "state_dict": state, "meta": _plain(meta)}
+    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def load_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """Read a weights file safely.
+
+    Returns:
+        (state_dict, meta).
+
+    Raises:
+        WeightsError: the file is missing or unreadable, is not a bone_apps weights file
+            (including pickles that would run code), has an unknown format version, or
+            lacks metadata.
+    """
+    import torch
+
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise WeightsError(f"{path} does not exist: choose a .pth weights file written by bone fit.")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any failure here means "not our file"
+        reason = "it contains code or objects that are not plain data" if (
+            "weights_only" in str(exc) or "Unsupported global" in str(exc)) else str(exc).split("\n")[0]
+        raise WeightsError(
+            f"{path} is not a bone_apps weights file ({reason}); it was not loaded: choose a "
+            "weights file written by bone fit.") from None
+    if not isinstance(payload, dict) or "format" not in payload:
+        raise WeightsError(f"{path} is a PyTorch file but not a bone_apps weights file: choose a "
+                           "weights file written by bone fit.")
+    fmt = payload["format"]
+    if fmt != WEIGHTS_FORMAT:
+        if isinstance(fmt, str) and fmt.startswith(_FORMAT_PREFIX):
+            raise WeightsError(f"{path} has weights format {fmt}, which this version ({WEIGHTS_FORMAT}) "
+                               "cannot read: update bone_apps.")
+        raise WeightsError(f"{path} has an unknown format {fmt!r}: choose a weights file written "
+                           "by bone fit.")
+    state, meta = payload.get("state_dict"), payload.get("meta")
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise WeightsError(f"{path} has no usable parameters: fit the model again.")
+    if not isinstance(meta, dict):
+        raise WeightsError(f"{path} has no metadata: fit the model again with bone fit.")
+    missing = [k for k in REQUIRED_META if k not in meta]
+    if missing:
+        raise WeightsError(f"{path} lacks metadata ({', '.join(missing)}): fit the model again "
+                           "with this version of bone fit.")
+    return state, meta
+
+
+def summarize_meta(meta: dict) -> str:
+    """A few human-readable lines describing a weights file's model."""
+    names = meta.get("class_names") or [str(i) for i in range(int(meta.get("classes", 0)))]
+    dims = meta.get("dims", "?")
+    shape = f"{meta.get('patch_size')} px"
+    if dims == "3d":
+        shape = f"{meta.get('patch_depth')} x {meta.get('patch_size')} x {meta.get('patch_size')} voxels"
+    elif dims == "2.5d":
+        shape += f", {meta.get('context')} slices of context on each side"
+    lines = [
+        f"model: {meta.get('arch')} with {meta.get('encoder')} encoder, {dims}, "
+        f"{meta.get('in_channels')} input channel(s)",
+        f"classes: {meta.get('classes')} ({', '.join(names)})",
+        f"patch: {shape}; normalization: {meta.get('norm')}",
+    ]
+    metrics = meta.get("metrics") or {}
+    if "val_iou" in metrics:
+        lines.append(f"best validation IoU: {metrics['val_iou']:.4f} (epoch {meta.get('best_epoch')})")
+    lines.append(f"fitted: {meta.get('date', 'unknown date')} with bone_apps {meta.get('version')}")
+    return "\n".join(lines)
