@@ -48,3 +48,31 @@ def no_dangling_threads():
         thread.join(timeout=5)
     still = [t.name for t in leftover if t.is_alive()]
     assert not still, f"threads left running: {still}"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def qt_cleanup_at_exit():
+    """Delete every window and finished worker while Qt is still fully alive.
+
+    Left to interpreter shutdown, Qt objects owned by Python are destroyed in arbitrary order,
+    which can abort the process after all tests passed.
+    """
+    yield
+    import gc
+    import sys
+
+    if "PySide6.QtWidgets" not in sys.modules:
+        return
+    from PySide6.QtCore import QCoreApplication, QEvent
+    from PySide6.QtWidgets import QApplication
+
+    app = QApplication.instance()
+    if app is None:
+        return
+    for widget in QApplication.topLevelWidgets():
+        widget.close()
+        widget.deleteLater()
+    for _ in range(3):
+        QCoreApplication.sendPostedEvents(None, QEvent.Type.DeferredDelete)
+        app.processEvents()
+        gc.collect()

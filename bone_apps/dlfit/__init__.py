@@ -1,1 +1,1 @@
-"""The DLFit desktop app."""
+"""The DLFit desktop app: fit a segmentation model on scan/mask pairs (Easy or Advanced mode)."""

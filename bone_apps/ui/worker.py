@@ -6,7 +6,7 @@ import threading
 import traceback
 from collections.abc import Callable, Generator
 
-from PySide6.QtCore import QObject, Qt, QThread, Signal
+from PySide6.QtCore import QCoreApplication, QObject, Qt, QThread, Signal
 
 from bone_apps.core.errors import BoneAppsError, Cancelled
 
@@ -76,4 +76,9 @@ class JobWorker(QObject):
             self.errored.emit(f"Something went wrong that bone_apps did not expect ({detail}). "
                               "Please report it with the steps that led here.")
         finally:
+            # Hand this object back to the GUI thread, so that deleting it later (deleteLater
+            # or Python's garbage collector) happens in a thread with a running event loop.
+            app = QCoreApplication.instance()
+            if app is not None:
+                self.moveToThread(app.thread())
             self.finished.emit()

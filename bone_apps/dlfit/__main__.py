@@ -1,0 +1,19 @@
+"""Start the DLFit desktop app: `bone-dlfit` or `python -m bone_apps.dlfit`."""
+
+from __future__ import annotations
+
+import sys
+
+
+def main() -> int:
+    import multiprocessing
+
+    multiprocessing.freeze_support()  # scan statistics run in spawned processes
+    from bone_apps.dlfit.window import DLFitWindow
+    from bone_apps.ui.app import run_app
+
+    return run_app("dlfit", DLFitWindow)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,383 @@
+"""The DLFit window: scan/mask pairs, Easy or Advanced options, Start / Stop / Resume, live curves."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from PySide6.QtCore import QByteArray, Qt
+from PySide6.QtGui import QAction, QKeySequence
+from PySide6.QtWidgets import (
+    QButtonGroup,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QMainWindow,
+    QMessageBox,
+    QPushButton,
+    QRadioButton,
+    QScrollArea,
+    QSpinBox,
+    QSplitter,
+    QVBoxLayout,
+    QWidget,
+)
+
+from bone_apps.core import runfiles
+from bone_apps.core.errors import BoneAppsError
+from bone_apps.core.fitconfig import FitConfig, easy_config
+from bone_apps.core.pairs import pairs_from_paths
+from bone_apps.dlfit.curves import FitMonitor
+from bone_apps.dlfit.dialogs import ask_about_earlier_run, choose_config_file
+from bone_apps.dlfit.options import AdvancedOptions
+from bone_apps.dlfit.pairs import VALIDATION, PairsPanel
+from bone_apps.dlfit.runner import FitRunner, read_history, run_status
+from bone_apps.dlfit.tips import EASY_RECIPE, TIPS, plain_options
+from bone_apps.ui.dialogs import show_error
+from bone_apps.ui.pickers import PathPicker
+from bone_apps.ui.settings import AppSettings
+
+
+class DLFitWindow(QMainWindow):
+    """Fit a segmentation model on scan/mask pairs, in Easy or Advanced mode."""
+
+    def __init__(self, settings: AppSettings | None = None) -> None:
+        super().__init__()
+        self.setWindowTitle("bone_apps DLFit — fit a segmentation model")
+        self.settings = settings or AppSettings("dlfit")
+        self.last_error = ""
+        self.question: QMessageBox | None = None
+        self._build()
+        self._restore()
+
+    # -- layout ---------------------------------------------------------------------------------
+    def _build(self) -> None:
+        self.easy_radio = QRadioButton("&Easy")
+        self.easy_radio.setToolTip("Pairs, output folder, epochs: the paper's tested recipe does "
+                                   "the rest.")
+        self.advanced_radio = QRadioButton("Ad&vanced")
+        self.advanced_radio.setToolTip("Every option of the fitting engine, grouped as the paper "
+                                       "lists them.")
+        modes = QButtonGroup(self)
+        modes.addButton(self.easy_radio)
+        modes.addButton(self.advanced_radio)
+        self.easy_radio.setChecked(True)
+        self.easy_radio.toggled.connect(lambda easy: self.set_mode(advanced=not easy))
+        mode_row = QHBoxLayout()
+        mode_row.addWidget(QLabel("Mode:"))
+        mode_row.addWidget(self.easy_radio)
+        mode_row.addWidget(self.advanced_radio)
+        mode_row.addStretch(1)
+        self.recipe = QLabel(EASY_RECIPE)
+        self.recipe.setWordWrap(True)
+
+        self.pairs = PairsPanel(self.settings)
+        self.pairs.error.connect(self._error)
+        self.pairs.changed.connect(self._update_buttons)
+        pairs_box = QGroupBox("Scan and mask &pairs")
+        QVBoxLayout(pairs_box).addWidget(self.pairs)
+
+        self.out = PathPicker("Output folder for the model, checkpoint and logs", self.settings,
+                              "out", TIPS["out"])
+        self.out.file_button.hide()
+        self.out.changed.connect(self._on_out_changed)
+        self.easy_epochs = QSpinBox()
+        self.easy_epochs.setRange(1, 10000)
+        self.easy_epochs.setValue(25)
+        self.easy_epochs.setToolTip(TIPS["epochs"])
+        output = QFormLayout()
+        output.addRow("&Output folder:", self.out)
+        output.addRow("Epoc&hs:", self.easy_epochs)
+        self.epochs_label = output.labelForField(self.easy_epochs)
+
+        self.advanced = AdvancedOptions(self.settings)
+        self.advanced.error.connect(self._error)
+        self.easy_epochs.valueChanged.connect(self.advanced.w["epochs"].setValue)
+        self.advanced.w["epochs"].valueChanged.connect(self.easy_epochs.setValue)
+        self.advanced.w["class_names"].editingFinished.connect(self._class_names_changed)
+        self.scroll = QScrollArea()
+        self.scroll.setWidget(self.advanced)
+        self.scroll.setWidgetResizable(True)
+        self.scroll.setFrameShape(QScrollArea.Shape.NoFrame)
+        self.scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+
+        self.start_button = self._button(
+            "&Start", "Check the pairs and fit a model off to the side; the window stays usable. "
+            "(F5)", self.start)
+        self.stop_button = self._button(
+            "S&top", "End at the next safe point and keep a checkpoint to resume from. "
+            "(Shift+F5)", self.stop)
+        self.resume_button = self._button(
+            "Res&ume", "Continue the stopped run in the output folder with the options it "
+            "started with. (F6)", self.resume)
+        run_row = QHBoxLayout()
+        for button in (self.start_button, self.stop_button, self.resume_button):
+            run_row.addWidget(button)
+        run_row.addStretch(1)
+
+        setup = QWidget()
+        left = QVBoxLayout(setup)
+        left.addLayout(mode_row)
+        left.addWidget(self.recipe)
+        left.addWidget(pairs_box, 2)
+        left.addLayout(output)
+        left.addWidget(self.scroll, 3)
+        left.addLayout(run_row)
+
+        self.monitor = FitMonitor()
+        self.runner = FitRunner(self.monitor, self)
+        self.runner.error.connect(self._error)
+        self.runner.finished.connect(self._on_fit_finished)
+        self.splitter = QSplitter(Qt.Orientation.Horizontal)
+        self.splitter.addWidget(setup)
+        self.splitter.addWidget(self.monitor)
+        self.splitter.setStretchFactor(0, 1)
+        self.splitter.setStretchFactor(1, 1)
+        self.splitter.setChildrenCollapsible(False)
+        self.setCentralWidget(self.splitter)
+        self._build_menu()
+        self.resize(1280, 800)
+        self.set_mode(advanced=False)
+
+    def _button(self, text: str, tip: str, slot) -> QPushButton:
+        button = QPushButton(text)
+        button.setToolTip(tip)
+        button.clicked.connect(slot)
+        return button
+
+    def _build_menu(self) -> None:
+        file_menu = self.menuBar().addMenu("&File")
+        for text, key, slot in (
+                ("&Load configuration…", QKeySequence.StandardKey.Open, self._load_dialog),
+                ("&Save configuration…", QKeySequence.StandardKey.Save, self._save_dialog),
+                ("&Quit", QKeySequence.StandardKey.Quit, self.close)):
+            action = QAction(text, self)
+            action.setShortcut(key)
+            action.triggered.connect(slot)
+            file_menu.addAction(action)
+        run_menu = self.menuBar().addMenu("F&it")
+        for text, key, slot in (("&Start", "F5", self.start), ("S&top", "Shift+F5", self.stop),
+                                ("Res&ume", "F6", self.resume)):
+            action = QAction(text, self)
+            action.setShortcut(QKeySequence(key))
+            action.triggered.connect(slot)
+            run_menu.addAction(action)
+
+    def set_mode(self, advanced: bool) -> None:
+        """Easy: pairs, output folder, epochs. Advanced: every option."""
+        if self.advanced_radio.isChecked() != advanced:
+            (self.advanced_radio if advanced else self.easy_radio).setChecked(True)
+        self.recipe.setVisible(not advanced)
+        self.easy_epochs.setVisible(not advanced)
+        self.epochs_label.setVisible(not advanced)
+        self.scroll.setVisible(advanced)
+        self.pairs.set_validation_visible(advanced)
+        self.settings.set("mode", "advanced" if advanced else "easy")
+
+    def is_advanced(self) -> bool:
+        return self.advanced_radio.isChecked()
+
+    # -- configuration --------------------------------------------------------------------------
+    def config(self) -> FitConfig:
+        """The FitConfig the widgets describe (Easy: the paper's recipe with these pairs).
+
+        Raises:
+            BoneAppsError: an option is invalid (e.g. augmentation chances adding up past 1).
+        """
+        out = self.out.path()
+        rows = self.pairs.rows()
+        pairs = tuple((scan, mask) for scan, mask, _ in rows)
+        if not self.is_advanced():
+            return easy_config(str(out or ""), pairs=pairs, epochs=self.easy_epochs.value())
+        ids = [p.id for p in pairs_from_paths(pairs)]
+        val = tuple(i for i, (_, _, ticked) in zip(ids, rows) if ticked)
+        return FitConfig(out=str(out or ""), pairs=pairs, val_scans=val, **self.advanced.values())
+
+    def set_config(self, config: FitConfig) -> None:
+        """Show a configuration: mode, pairs (a dataset root is expanded), options, folder."""
+        self.set_mode(advanced=not config.easy)
+        self.pairs.clear()
+        if config.data:
+            self.pairs.add_dataset_root(config.data)
+        for scan, mask in config.pairs:
+            self.pairs.add_pair(scan, mask)
+        if config.val_scans:
+            ids = [p.id for p in pairs_from_paths([(s, m) for s, m, _ in self.pairs.rows()])]
+            for row, ident in enumerate(ids):
+                if ident in config.val_scans:
+                    self.pairs.table.item(row, VALIDATION).setCheckState(Qt.CheckState.Checked)
+        self.advanced.set_config(config)
+        self._class_names_changed()
+        self.easy_epochs.setValue(config.epochs)
+        if config.out:
+            self.out.edit.setText(config.out)
+
+    def save_config(self, path: Path) -> Path:
+        """Write the configuration as JSON (the file `bone fit --config` reads)."""
+        return self.config().save(Path(path))
+
+    def load_config(self, path: Path) -> None:
+        try:
+            self.set_config(FitConfig.load(Path(path)))
+        except BoneAppsError as exc:
+            self._error(str(exc))
+            return
+        self.statusBar().showMessage(f"Loaded {path}")
+
+    # -- run ------------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Check what can be checked here, then fit off the GUI thread."""
+        if self.runner.is_running():
+            return
+        try:
+            config = self.config()
+            if not config.out:
+                raise BoneAppsError("Choose an output folder for the model and its logs first.")
+            if len(config.pairs) < 2:
+                raise BoneAppsError("Add at least two scan/mask pairs: one or more to fit and at "
+                                    "least one to validate.")
+            config.validate()
+        except BoneAppsError as exc:
+            self._error(str(exc))
+            return
+        problems = self.pairs.problems()
+        if problems:
+            self._error("Some pairs cannot be used; fix or remove them:\n" + "\n".join(problems))
+            return
+        self._remember(config)
+        status = run_status(Path(config.out))
+        if status:
+            self._ask_about_earlier_run(config, status)
+        else:
+            self._launch(config)
+
+    def _ask_about_earlier_run(self, config: FitConfig, status: str) -> None:
+        self.question = ask_about_earlier_run(
+            self, config.out, status == "resumable",
+            on_replace=lambda: self._launch(config, overwrite=True), on_resume=self.resume)
+        self.question.finished.connect(self._forget_question)
+
+    def _forget_question(self) -> None:
+        self.question = None
+
+    def resume(self) -> None:
+        """Continue the stopped run in the output folder, with the options it started with."""
+        if self.runner.is_running():
+            return
+        out = self.out.path()
+        if out is None or run_status(out) != "resumable":
+            self._error("The output folder holds no stopped run to resume: choose the folder of "
+                        "a stopped run, or press Start for a new one.")
+            return
+        try:
+            saved = FitConfig.load(out / runfiles.CONFIG)
+        except BoneAppsError as exc:
+            self._error(str(exc))
+            return
+        current = self.advanced.values() if self.is_advanced() else {}
+        changes = {k: current[k] for k in ("workers", "device", "stats_workers", "profile")
+                   if k in current}
+        self._launch(saved.replace(out=str(out), **changes), resume=True)
+
+    def _launch(self, config: FitConfig, resume: bool = False, overwrite: bool = False) -> None:
+        self.last_error = ""
+        self.runner.start(config, resume=resume, overwrite=overwrite)
+        self.statusBar().showMessage(("Resuming" if resume else "Fitting") + f" into {config.out}…")
+        self._update_buttons()
+
+    def stop(self) -> None:
+        if self.runner.is_running():
+            self.runner.stop()
+            self.statusBar().showMessage("Stopping at the next safe point…")
+
+    def _on_fit_finished(self, result) -> None:
+        if result is not None:
+            self.statusBar().showMessage("Stopped: press Resume to continue." if
+                                         result.status == "stopped" else "Fitting finished.")
+        self._update_buttons()
+
+    def _update_buttons(self) -> None:
+        running = self.runner.is_running()
+        self.start_button.setEnabled(not running)
+        self.stop_button.setEnabled(running)
+        out = self.out.path()
+        self.resume_button.setEnabled(not running and out is not None
+                                      and run_status(out) == "resumable")
+        for widget in (self.pairs, self.advanced, self.out, self.easy_radio, self.advanced_radio,
+                       self.easy_epochs):
+            widget.setEnabled(not running)
+
+    def _on_out_changed(self) -> None:
+        """Reopening the folder of a run shows its curves; a stopped one can be resumed."""
+        out = self.out.path()
+        status = run_status(out) if out is not None else ""
+        if status in ("resumable", "completed") and not self.runner.is_running():
+            history = read_history(out)
+            try:
+                epochs = FitConfig.load(out / runfiles.CONFIG).epochs
+            except BoneAppsError:
+                epochs = None
+            self.monitor.set_history(history, epochs)
+            if status == "resumable":
+                self.statusBar().showMessage(
+                    f"This folder holds a stopped run ({len(history)} epochs done): press Resume "
+                    "to continue it, or choose another folder for a new run.")
+            else:
+                self.statusBar().showMessage("This folder holds a finished run: choose another "
+                                             "folder for a new run.")
+        self._update_buttons()
+
+    def _class_names_changed(self) -> None:
+        names = self.advanced.values()["class_names"]
+        self.pairs.set_class_count(len(names) or None)
+
+    # -- settings, errors, closing --------------------------------------------------------------
+    def _remember(self, config: FitConfig) -> None:
+        self.out.remember()
+        self.settings.set("config", config.to_json())
+
+    def _restore(self) -> None:
+        text = self.settings.get("config")
+        if text:
+            try:
+                self.set_config(FitConfig.from_json(text))
+            except (BoneAppsError, ValueError, TypeError):
+                pass  # an unreadable remembered state only costs the defaults
+        self.set_mode(advanced=self.settings.get("mode") == "advanced")
+        geometry = self.settings.get("geometry")
+        if geometry:
+            self.restoreGeometry(QByteArray.fromBase64(geometry.encode()))
+        self._update_buttons()
+
+    def _error(self, message: str) -> None:
+        message = plain_options(message)
+        self.last_error = message
+        self.statusBar().showMessage("Something needs your attention: see the message.")
+        show_error(self, "DLFit", message)
+
+    def _save_dialog(self) -> None:
+        file = choose_config_file(self, True, self.out.path() or Path.home())
+        if file is not None:
+            try:
+                self.save_config(file)
+                self.statusBar().showMessage(f"Saved {file}")
+            except BoneAppsError as exc:
+                self._error(str(exc))
+            except OSError as exc:
+                self._error(f"{file} could not be written ({exc.strerror}): choose another place.")
+
+    def _load_dialog(self) -> None:
+        file = choose_config_file(self, False, Path(self.settings.get("last_folder", str(Path.home()))))
+        if file is not None:
+            self.load_config(file)
+
+    def closeEvent(self, event) -> None:  # noqa: N802 - Qt override
+        try:
+            self.settings.set("config", self.config().to_json())
+        except BoneAppsError:
+            pass
+        self.settings.set("geometry", bytes(self.saveGeometry().toBase64()).decode())
+        self.runner.stop()
+        self.runner.wait()
+        self.pairs.stop_checks()
+        super().closeEvent(event)

@@ -1,0 +1,234 @@
+"""What the DLPred window needs from the prediction engine, in the window's terms.
+
+Builds the engine's PredictConfig from the form, follows its progress records (slices done,
+rate, time left, the labels of each slice written) and turns its report into table rows.
+No Qt here: this is plain code the tests can call directly.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from collections import deque
+from collections.abc import Generator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from bone_apps.core.predict import (
+    PredictConfig,
+    PredictEvent,
+    PredictReport,
+    ScanStarted,
+    SliceProgress,
+    StatsProgress,
+    predict,
+    scan_id,
+)
+from bone_apps.core.volume import TIFF_SUFFIXES
+from bone_apps.dlpred.options import OptionValues
+
+RATE_WINDOW_S = 10.0  # the rate is measured over the last seconds, so it follows speed changes
+# Core's messages name the command-line options; in the window the same advice names the fields.
+_CLI_WORDS = (
+    (re.compile(r"\s*\(--overwrite\)"), " (tick \u201cReplace an existing output\u201d)"),
+    (re.compile(r"\(e\.g\. --chunk (\d+)\)"), r"(e.g. a Chunk size of \1 px)"),
+    (re.compile(r"give --out a file name"), "choose an output file name"),
+    (re.compile(r"give --out a folder name"), "choose an output folder name"),
+    (re.compile(r"give --out a folder"), "choose an output folder"),
+)
+
+
+def default_output(scan: Path) -> Path:
+    """Where the labels of `scan` go unless the user says otherwise: next to it, `<id>_labels`
+    (a folder for a folder of slices, a .tif file for a multi-page TIFF, as the engine wants)."""
+    if scan.suffix.lower() in TIFF_SUFFIXES:
+        return scan.with_name(f"{scan_id(scan)}_labels.tif")
+    return scan.with_name(f"{scan.name}_labels")
+
+
+def plain_message(message: str) -> str:
+    """An engine message with command-line option names replaced by the window's field names."""
+    for pattern, words in _CLI_WORDS:
+        message = pattern.sub(words, message)
+    return message
+
+
+def matching_mask(scan: Path | None) -> Path | None:
+    """The reference mask of a scan laid out as ROOT/scans/<id> -> ROOT/masks/<id>, if it exists."""
+    if scan is None or scan.parent.name != "scans":
+        return None
+    mask = scan.parent.parent / "masks" / scan.name
+    return mask if mask.exists() else None
+
+
+def read_meta(path: Path) -> dict:
+    """The metadata of a weights file (WeightsError with one sentence when it is not usable)."""
+    from bone_apps.core.predict import ModelSpec
+    from bone_apps.core.weights import load_weights
+
+    _state, meta = load_weights(path)
+    ModelSpec.from_meta(meta, path)  # the same checks prediction makes, shown at once
+    return meta
+
+
+def class_names(meta: dict) -> list[str]:
+    names = meta.get("class_names") or []
+    return [str(n) for n in names] or [str(i) for i in range(int(meta.get("classes", 0)))]
+
+
+def fitted_on(meta: dict) -> str | None:
+    """One line on the data a model was fitted on, from whatever its metadata records."""
+    config = meta.get("fit_config") or {}
+    train = meta.get("train_scans") or config.get("train_scans")
+    val = meta.get("val_scans") or config.get("val_scans")
+    if train:
+        line = f"fitted on {len(train)} scan(s): {_names(train)}"
+        return line + (f"; validated on {_names(val)}" if val else "")
+    pairs = config.get("pairs") or []
+    if pairs:
+        return f"fitted on {len(pairs)} scan/mask pair(s): {_names([p[0] for p in pairs])}"
+    if config.get("data"):
+        return f"fitted on the dataset {config['data']}"
+    return None
+
+
+def _names(paths: list, shown: int = 4) -> str:
+    names = [scan_id(Path(str(p))) for p in paths]
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
+
+
+def describe_meta(meta: dict) -> str:
+    """The weights' summary lines, plus what the model was fitted on when the file says."""
+    from bone_apps.core.weights import summarize_meta
+
+    lines = summarize_meta(meta).splitlines()
+    data = fitted_on(meta)
+    if data:
+        lines.append(data)
+    config = meta.get("fit_config") or {}
+    if config.get("epochs"):
+        lines.append(f"fitting: {config['epochs']} epochs, batch {config.get('batch')}, "
+                     f"learning rate {config.get('lr')}")
+    return "\n".join(lines)
+
+
+def make_config(scan: Path, weights: Path, out: Path, options: OptionValues,
+                overwrite: bool, is_3d: bool) -> PredictConfig:
+    """The engine's config from the form (PredictConfigError when an option is out of range)."""
+    return PredictConfig(
+        scans=(scan,), weights=weights, out=out, chunk=options.chunk,
+        chunk_depth=options.chunk_depth if is_3d else None, overlap=options.overlap,
+        threshold=options.threshold, blend=options.blend, batch=options.batch or None,
+        device=options.device, tta=options.tta, probabilities=options.probabilities,
+        overwrite=overwrite)
+
+
+def run(config: PredictConfig, stop: threading.Event) -> Generator[PredictEvent, None, PredictReport]:
+    """The engine's generator, as the worker thread drives it."""
+    return predict(config, stop)
+
+
+@dataclass(frozen=True)
+class Progress:
+    """What the window shows for one progress record."""
+
+    done: int
+    total: int
+    text: str
+    z: int | None = None  # the slice just written, with its labels
+    labels: np.ndarray | None = None
+
+
+class Tracker:
+    """Follows a run's records: slices done, rate over the last seconds, time left."""
+
+    def __init__(self, clock=time.monotonic) -> None:
+        self._clock = clock
+        self._marks: deque[tuple[float, int]] = deque()
+        self.device, self.batch = "", 0
+
+    def update(self, event: PredictEvent) -> Progress | None:
+        if isinstance(event, StatsProgress):
+            return Progress(0, 0, f"Measuring the scan's intensities for normalization "
+                                  f"({event.done} of {event.total} scans)…")
+        if isinstance(event, ScanStarted):
+            self.device, self.batch = event.device, event.batch
+            self._marks.clear()
+            return Progress(0, event.shape[0], f"Predicting on {event.device}, "
+                                               f"{event.batch} chunk(s) per batch…")
+        if not isinstance(event, SliceProgress):
+            return None
+        now = self._clock()
+        self._marks.append((now, event.done))
+        while len(self._marks) > 2 and now - self._marks[0][0] > RATE_WINDOW_S:
+            self._marks.popleft()
+        text = f"{event.done} of {event.total} slices"
+        (t0, d0), (t1, d1) = self._marks[0], self._marks[-1]
+        if d1 > d0 and t1 > t0:
+            rate = (d1 - d0) / (t1 - t0)
+            text += f" · {rate:.3g} slices/s · {format_duration((event.total - event.done) / rate)} left"
+        z = event.done - 1 if event.labels is not None else None
+        return Progress(event.done, event.total, text, z, event.labels)
+
+
+def format_duration(seconds: float) -> str:
+    if seconds < 60:
+        return f"{max(0.0, seconds):.1f} s"
+    seconds = round(seconds)
+    minutes, seconds = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes} min {seconds:02d} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min"
+
+
+def _bytes(value: int | None) -> str:
+    if value is None:
+        return "— (no GPU)"
+    return f"{value / 2**30:.2f} GiB" if value >= 2**30 else f"{value / 2**20:.0f} MiB"
+
+
+def report_rows(report: PredictReport) -> list[tuple[str, str]]:
+    """(quantity, value) rows for the results table; a value of "" starts a section."""
+    rows: list[tuple[str, str]] = [("Classes (after the threshold)", "")]
+    for label, (name, count, fraction) in enumerate(
+            zip(report.class_names, report.counts, report.fractions)):
+        rows.append((f"{label}: {name}", f"{count:,} voxels ({100 * fraction:.2f} %)"))
+    rows += [
+        ("Confidence", ""),
+        ("Mean winning probability", f"{report.mean_confidence:.4f}"),
+        (f"Set to background (below {report.threshold:g})",
+         f"{100 * report.reassigned_fraction:.2f} % of voxels"),
+        ("Benchmarks", ""),
+        ("Wall time", format_duration(report.wall_s)),
+        ("Model time (forward passes)", format_duration(report.model_s)),
+        ("Peak RAM", _bytes(report.peak_rss_bytes)),
+        ("Peak GPU memory", _bytes(report.peak_vram_bytes)),
+        ("GPU use", "— (no GPU)" if report.gpu_utilization is None
+         else f"{report.gpu_utilization:.0f} %"),
+        ("Device", report.device),
+        ("Chunks per batch", str(report.batch)),
+    ]
+    for scan in report.scans:
+        d, h, w = scan.window
+        size = f"{h} x {w} px" if d == 1 else f"{d} x {h} x {w} voxels"
+        rows += [("Chunks", f"{scan.chunks:,} of {size}"), ("Output", scan.output)]
+    return rows
+
+
+def done_text(report: PredictReport) -> str:
+    slices = sum(s.shape[0] for s in report.scans)
+    rate = f" ({slices / report.wall_s:.3g} slices/s)" if report.wall_s > 0 else ""
+    return f"Done: {slices} slices in {format_duration(report.wall_s)}{rate}."
+
+
+def histogram_of(report: PredictReport) -> list[int]:
+    return list(report.histogram)
+
+
+def output_of(report: PredictReport) -> Path | None:
+    return Path(report.scans[0].output) if report.scans else None

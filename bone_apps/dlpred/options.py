@@ -1,0 +1,209 @@
+"""DLPred's prediction options (Fig. 6B and beyond), each with a plain-words tooltip.
+
+The form only collects values; the window turns them into the engine's PredictConfig.
+Values are remembered between sessions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from PySide6.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFormLayout,
+    QGroupBox,
+    QPushButton,
+    QSpinBox,
+    QWidget,
+)
+
+from bone_apps.ui.settings import AppSettings
+
+# The paper's defaults (§2.3.2, Table 5) and the engine's.
+DEFAULT_CHUNK = 512
+DEFAULT_OVERLAP = 0.25
+DEFAULT_THRESHOLD = 0.5
+
+TIPS = {
+    "device": (
+        "Where the model runs. Automatic uses an NVIDIA GPU when there is one and the CPU "
+        "otherwise. 'All GPUs' shares each batch among every GPU in this computer (the paper's "
+        "multi-GPU mode). Choose the CPU when the GPU is busy with other work; it gives the same "
+        "kind of result, only slower."),
+    "chunk": (
+        "The scan is cut into square chunks of this many pixels, the model segments each chunk, "
+        "and the chunks are stitched back together. This does not change what the model has "
+        "learned; it only decides how much goes into memory at once. Paper default: 512 px "
+        "(rounded up to what the network needs, usually a multiple of 32). Lower it if the GPU "
+        "runs out of memory; slices smaller than a chunk are processed whole."),
+    "chunk_depth": (
+        "3D models only: how many slices one chunk spans. It may differ from the chunk's width "
+        "and height, and is rounded up to what the network needs (16 slices for the 3D U-Net). "
+        "Default: the depth the model was fitted on. Lower it if memory runs out."),
+    "overlap": (
+        "How much neighbouring chunks overlap, as a fraction of a chunk (0 to 0.9). Where chunks "
+        "overlap, their class probabilities are averaged, which hides seams at chunk borders. "
+        "Default 0.25. Raise it (e.g. 0.5) if you see straight lines at chunk borders; lower it "
+        "to 0 for the fastest run."),
+    "threshold": (
+        "Confidence threshold: a voxel whose most likely class has a probability below this "
+        "value becomes background (label 0). Paper default 0.5. Raise it to keep only voxels the "
+        "model is sure about; set 0 to keep the model's best guess everywhere."),
+    "blend": (
+        "How overlapping chunks are combined. Mean: a plain average of the probabilities, as in "
+        "the paper (default). Gaussian: trusts the centre of each chunk more than its edges, which "
+        "can smooth seams further when the overlap is large."),
+    "batch": (
+        "How many chunks go through the model at once. 0 = automatic: the most that fit in free "
+        "GPU memory (or RAM on the CPU), halved and retried if memory runs out, as in the paper. "
+        "Set a number only to leave memory for other programs; the labels do not depend on it."),
+    "tta": (
+        "Test-time augmentation: also segment mirrored copies of each chunk and average them. "
+        "Slightly smoother, more robust labels for several times the run time. Off by default "
+        "(the paper does not use it)."),
+    "probabilities": (
+        "Also save one stack per class with its probability (0-255) next to the labels, to "
+        "inspect uncertain regions or to threshold them yourself later. Off by default: these "
+        "stacks are as large as the scan, once per class."),
+}
+
+
+@dataclass(frozen=True)
+class OptionValues:
+    """What the form holds; `batch` 0 means automatic."""
+
+    device: str
+    chunk: int
+    chunk_depth: int
+    overlap: float
+    threshold: float
+    blend: str
+    batch: int
+    tta: bool
+    probabilities: bool
+
+
+class OptionsBox(QGroupBox):
+    """The group of prediction options, remembered in `settings`."""
+
+    def __init__(self, settings: AppSettings, devices: list[tuple[str, str]],
+                 parent: QWidget | None = None) -> None:
+        super().__init__("Prediction options", parent)
+        self.settings = settings
+        self.device = QComboBox()
+        for text, value in devices:
+            self.device.addItem(text, value)
+        self.chunk = _spin(32, 8192, 32, " px")
+        self.chunk_depth = _spin(1, 1024, 16, " slices")
+        self.chunk_depth.setEnabled(False)  # until a 3D model is chosen
+        self.overlap = _double(0.0, 0.9, 0.05)
+        self.threshold = _double(0.0, 1.0, 0.05)
+        self.blend = QComboBox()
+        self.blend.addItem("Mean (paper)", "mean")
+        self.blend.addItem("Gaussian", "gaussian")
+        self.batch = _spin(0, 4096, 1, "")
+        self.batch.setSpecialValueText("Automatic")
+        self.tta = QCheckBox("Average over mirrored copies (TT&A)")
+        self.probabilities = QCheckBox("Also save class probabi&lities")
+        self.defaults_button = QPushButton("Paper d&efaults")
+        self.defaults_button.setToolTip("Set every option back to the paper's defaults.")
+        self.defaults_button.clicked.connect(self.restore_defaults)
+        for name in TIPS:
+            getattr(self, name).setToolTip(TIPS[name])
+
+        form = QFormLayout(self)
+        form.addRow("&Device:", self.device)
+        form.addRow("&Chunk size:", self.chunk)
+        form.addRow("Chun&k depth (3D):", self.chunk_depth)
+        form.addRow("O&verlap:", self.overlap)
+        form.addRow("Confidence &threshold:", self.threshold)
+        form.addRow("&Blending:", self.blend)
+        form.addRow("Batch si&ze:", self.batch)
+        form.addRow("", self.tta)
+        form.addRow("", self.probabilities)
+        form.addRow("", self.defaults_button)
+        for row in range(form.rowCount()):
+            label = form.itemAt(row, QFormLayout.ItemRole.LabelRole)
+            field = form.itemAt(row, QFormLayout.ItemRole.FieldRole)
+            if label is not None and label.widget() and field is not None:
+                label.widget().setToolTip(field.widget().toolTip())
+        self.restore_defaults()
+        self._load()
+
+    def restore_defaults(self) -> None:
+        self.device.setCurrentIndex(0)
+        self.chunk.setValue(DEFAULT_CHUNK)
+        self.chunk_depth.setValue(32)
+        self.overlap.setValue(DEFAULT_OVERLAP)
+        self.threshold.setValue(DEFAULT_THRESHOLD)
+        self.blend.setCurrentIndex(0)
+        self.batch.setValue(0)
+        self.tta.setChecked(False)
+        self.probabilities.setChecked(False)
+
+    def set_model(self, dims: str | None, patch_depth: int = 1, multiple: int = 32) -> None:
+        """Suit the chunk fields to a model: steps of its required multiple, and for 3D models
+        the chunk depth, starting at the depth they were fitted on."""
+        is_3d = dims == "3d"
+        self.chunk.setSingleStep(max(1, multiple))
+        self.chunk_depth.setSingleStep(max(1, multiple))
+        if is_3d and not self.chunk_depth.isEnabled():
+            self.chunk_depth.setValue(max(1, patch_depth))
+        self.chunk_depth.setEnabled(is_3d)
+
+    def values(self) -> OptionValues:
+        return OptionValues(
+            device=str(self.device.currentData()), chunk=self.chunk.value(),
+            chunk_depth=self.chunk_depth.value(), overlap=round(self.overlap.value(), 4),
+            threshold=round(self.threshold.value(), 4), blend=str(self.blend.currentData()),
+            batch=self.batch.value(), tta=self.tta.isChecked(),
+            probabilities=self.probabilities.isChecked())
+
+    def remember(self) -> None:
+        v = self.values()
+        for key, value in (("device", v.device), ("chunk", v.chunk), ("overlap", v.overlap),
+                           ("threshold", v.threshold), ("blend", v.blend), ("batch", v.batch),
+                           ("tta", int(v.tta)), ("probabilities", int(v.probabilities))):
+            self.settings.set(f"options/{key}", str(value))
+
+    def _load(self) -> None:
+        get = self.settings.get
+        try:
+            _select(self.device, get("options/device"))
+            _select(self.blend, get("options/blend"))
+            if get("options/chunk"):
+                self.chunk.setValue(int(get("options/chunk")))
+            if get("options/overlap"):
+                self.overlap.setValue(float(get("options/overlap")))
+            if get("options/threshold"):
+                self.threshold.setValue(float(get("options/threshold")))
+            if get("options/batch"):
+                self.batch.setValue(int(get("options/batch")))
+            self.tta.setChecked(get("options/tta") == "1")
+            self.probabilities.setChecked(get("options/probabilities") == "1")
+        except ValueError:
+            self.restore_defaults()  # a hand-edited settings file must not stop the app
+
+
+def _select(combo: QComboBox, value: str) -> None:
+    index = combo.findData(value)
+    if index >= 0:
+        combo.setCurrentIndex(index)
+
+
+def _spin(low: int, high: int, step: int, suffix: str) -> QSpinBox:
+    spin = QSpinBox()
+    spin.setRange(low, high)
+    spin.setSingleStep(step)
+    spin.setSuffix(suffix)
+    return spin
+
+
+def _double(low: float, high: float, step: float) -> QDoubleSpinBox:
+    spin = QDoubleSpinBox()
+    spin.setRange(low, high)
+    spin.setSingleStep(step)
+    spin.setDecimals(2)
+    return spin

@@ -1,0 +1,284 @@
+"""The DLPred window: segment a scan with a fitted model, watch the labels appear, read the report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from PySide6.QtCore import Qt
+from PySide6.QtGui import QKeySequence, QShortcut
+from PySide6.QtWidgets import (
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QMainWindow,
+    QProgressBar,
+    QPushButton,
+    QScrollArea,
+    QSplitter,
+    QVBoxLayout,
+    QWidget,
+)
+
+from bone_apps.core.errors import BoneAppsError
+from bone_apps.core.monitor import gpu_count
+from bone_apps.core.predict import PredictReport
+from bone_apps.core.volume import Volume
+from bone_apps.dlpred import bridge
+from bone_apps.dlpred.inputs import InputsBox
+from bone_apps.dlpred.options import OptionsBox
+from bone_apps.dlpred.preview import LiveLabels
+from bone_apps.dlpred.results import ResultsView
+from bone_apps.ui.background import join_worker
+from bone_apps.ui.dialogs import show_error
+from bone_apps.ui.settings import AppSettings
+from bone_apps.ui.slice_view import SliceView
+from bone_apps.ui.worker import JobWorker
+
+
+def device_choices() -> list[tuple[str, str]]:
+    """(text, engine device) for the device list: automatic, CPU, each GPU, all GPUs."""
+    count = gpu_count()
+    choices = [("Automatic (a GPU when present)", "auto"), ("CPU", "cpu")]
+    choices += [(f"GPU {i}", f"cuda:{i}") for i in range(count)]
+    if count > 1:
+        choices.append((f"All {count} GPUs", "cuda:" + ",".join(str(i) for i in range(count))))
+    return choices
+
+
+class DLPredWindow(QMainWindow):
+    """Segment one scan with a weights file; preview, progress, report, hand-over to IoU."""
+
+    def __init__(self, settings: AppSettings | None = None) -> None:
+        super().__init__()
+        self.setWindowTitle("bone_apps DLPred — segment a scan with a fitted model")
+        self.settings = settings or AppSettings("dlpred")
+        self.worker: JobWorker | None = None
+        self.report: PredictReport | None = None
+        self.output_path: Path | None = None  # the finished output of the last run
+        self.iou_window: QMainWindow | None = None
+        self.last_error = ""
+        self.live = LiveLabels()
+        self.tracker = bridge.Tracker()
+        self._build()
+        self.inputs.start()
+
+    # -- layout ---------------------------------------------------------------------------------
+    def _build(self) -> None:
+        self.inputs = InputsBox(self.settings)
+        # The fields, by their plain names (tests and the hand-over use them).
+        self.scan, self.weights, self.output = self.inputs.scan, self.inputs.weights, self.inputs.output
+        self.overwrite, self.model_info = self.inputs.overwrite, self.inputs.model_info
+        self.inputs.scan_opened.connect(self._on_scan_opened)
+        self.inputs.meta_loaded.connect(self._on_meta_loaded)
+        self.options = OptionsBox(self.settings, device_choices())
+
+        self.predict_button = QPushButton("&Predict")
+        self.predict_button.setDefault(True)
+        self.predict_button.setToolTip("Segment the scan with the model and write the label stack.")
+        self.predict_button.clicked.connect(self.predict)
+        self.stop_button = QPushButton("Stop")
+        self.stop_button.setEnabled(False)
+        self.stop_button.setToolTip("Stop after the current batch (Esc); nothing is saved under "
+                                    "the output's name.")
+        QShortcut(QKeySequence.StandardKey.Cancel, self, activated=self.stop)
+        self.stop_button.clicked.connect(self.stop)
+        self.progress = QProgressBar()
+        self._reset_progress()
+        self.rate_label = QLabel("")
+        run_row = QHBoxLayout()
+        run_row.addWidget(self.predict_button)
+        run_row.addWidget(self.stop_button)
+        run_row.addWidget(self.progress, 1)
+
+        left = QWidget()
+        left_layout = QVBoxLayout(left)
+        left_layout.addWidget(self.inputs)
+        left_layout.addWidget(self.options)
+        left_layout.addLayout(run_row)
+        left_layout.addWidget(self.rate_label)
+        left_layout.addStretch(1)
+        left_scroll = QScrollArea()
+        left_scroll.setWidget(left)
+        left_scroll.setWidgetResizable(True)
+        left_scroll.setFrameShape(QScrollArea.Shape.NoFrame)
+        left_scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        left_scroll.setMinimumWidth(left.sizeHint().width()
+                                    + left_scroll.verticalScrollBar().sizeHint().width())
+
+        self.preview = SliceView(show_follow=True)
+        preview_box = QGroupBox("Preview: scan with predicted labels")
+        QVBoxLayout(preview_box).addWidget(self.preview)
+        self.results = ResultsView()
+        self.iou_button = QPushButton("Score in &IoU…")
+        self.iou_button.setEnabled(False)
+        self.iou_button.setToolTip("Open the IoU app with this output as the prediction, to score "
+                                   "it against a reference mask.")
+        self.iou_button.clicked.connect(self.open_iou)
+        results_box = QGroupBox("Results")
+        results_layout = QVBoxLayout(results_box)
+        results_layout.addWidget(self.results, 1)
+        results_layout.addWidget(self.iou_button, 0, Qt.AlignmentFlag.AlignRight)
+        right = QSplitter(Qt.Orientation.Vertical)
+        right.addWidget(preview_box)
+        right.addWidget(results_box)
+        right.setStretchFactor(0, 3)
+        right.setStretchFactor(1, 2)
+        splitter = QSplitter(Qt.Orientation.Horizontal)
+        splitter.addWidget(left_scroll)
+        splitter.addWidget(right)
+        splitter.setStretchFactor(1, 1)
+        em = self.fontMetrics().averageCharWidth()
+        splitter.setSizes([70 * em, 110 * em])  # in characters: right on any screen density
+        right.setSizes([60, 40])
+        self.setCentralWidget(splitter)
+
+        self.statusBar().showMessage("Choose a scan and a weights file, then Predict.")
+        self.resize(1200, 780)
+
+    # -- inputs ---------------------------------------------------------------------------------
+    @property
+    def meta(self) -> dict | None:
+        """The chosen weights file's metadata, once read."""
+        return self.inputs.meta
+
+    def _on_scan_opened(self, volume: Volume | None) -> None:
+        if self.worker is None:  # a running prediction keeps its labels on show
+            self.live.reset()
+            self.preview.set_labels(None)
+        self.preview.set_scan(volume)
+
+    def _on_meta_loaded(self, meta: dict | None) -> None:
+        if meta is not None:
+            self.options.set_model(meta.get("dims"), int(meta.get("patch_depth") or 1),
+                                   int(meta.get("required_multiple") or 32))
+            self.preview.set_class_names(bridge.class_names(meta))
+
+    # -- running --------------------------------------------------------------------------------
+    def predict(self) -> None:
+        """Start the prediction off the GUI thread."""
+        if self.worker is not None:
+            return
+        self.inputs.flush()  # typed a moment ago: take it now (the output may follow the scan)
+        scan, weights, output = self.scan.path(), self.weights.path(), self.output.path()
+        if scan is None or weights is None or output is None:
+            self._error("Choose a scan, a weights file and an output first.")
+            return
+        self.inputs.remember()
+        self.options.remember()
+        is_3d = self.meta is not None and self.meta.get("dims") == "3d"
+        try:
+            config = bridge.make_config(scan, weights, output, self.options.values(),
+                                        self.overwrite.isChecked(), is_3d)
+        except BoneAppsError as exc:
+            self._error(str(exc))
+            return
+        self.tracker = bridge.Tracker()
+        self.report, self.output_path = None, None
+        self.results.clear()
+        self.iou_button.setEnabled(False)
+        self.live.reset()
+        self.preview.set_labels(self.live)
+        self.progress.setRange(0, 0)  # busy until the slices start
+        self.rate_label.setText("Starting: reading the model and the scan's statistics…")
+        self.worker = JobWorker(lambda stop: bridge.run(config, stop))
+        self.worker.yielded.connect(self._on_event)
+        self.worker.returned.connect(self._on_report)
+        self.worker.errored.connect(self._error)
+        self.worker.cancelled.connect(self._on_cancelled)
+        self.worker.finished.connect(self._on_finished)
+        self._set_running(True)
+        self.statusBar().showMessage(f"Predicting {scan.name} with {weights.name}…")
+        self.worker.start()
+
+    def stop(self) -> None:
+        if self.worker is not None:
+            self.worker.stop()
+            self.stop_button.setEnabled(False)
+            self.rate_label.setText("Stopping after the current batch…")
+
+    def _set_running(self, running: bool) -> None:
+        self.predict_button.setEnabled(not running)
+        self.stop_button.setEnabled(running)
+        self.inputs.setEnabled(not running)
+        self.options.setEnabled(not running)
+
+    def _on_event(self, event: object) -> None:
+        progress = self.tracker.update(event)
+        if progress is None:
+            return
+        self.progress.setFormat("%v / %m slices")
+        self.progress.setRange(0, progress.total)  # 0: busy, before the slices start
+        self.progress.setValue(progress.done)
+        self.rate_label.setText(progress.text)
+        if progress.z is not None and progress.labels is not None:
+            self.live.add(progress.z, progress.labels)
+            self.preview.slice_ready(progress.z)
+
+    def _on_report(self, report: PredictReport) -> None:
+        self.report = report
+        self.output_path = bridge.output_of(report)
+        self.results.set_rows(bridge.report_rows(report))
+        bins = bridge.histogram_of(report)
+        if bins is not None:
+            self.results.histogram.set_bins(bins, marker=report.threshold)
+        if self.output_path is not None:
+            self.live.open_output(self.output_path)
+            self.preview.refresh()
+            self.iou_button.setEnabled(True)
+        self.rate_label.setText(bridge.done_text(report))
+        self.statusBar().showMessage(f"Labels written to {self.output_path}.")
+
+    def _on_cancelled(self) -> None:
+        self.rate_label.setText("Stopped.")
+        self.statusBar().showMessage(f"Stopped: nothing was saved as {self.output.path()}.")
+
+    def _reset_progress(self) -> None:
+        self.progress.setFormat("no run yet")
+        self.progress.setRange(0, 1)
+        self.progress.setValue(0)
+
+    def _on_finished(self) -> None:
+        self._set_running(False)
+        self.preview.flush()
+        if self.report is None and self.progress.maximum() == 0:
+            self._reset_progress()  # ended before the first slice
+        if self.worker is not None:
+            self.worker.wait()
+            self.worker.deleteLater()
+        self.worker = None
+
+    def _error(self, message: str) -> None:
+        message = bridge.plain_message(message)
+        self.last_error = message
+        self.rate_label.setText("")
+        self.statusBar().showMessage("Could not predict: see the message.")
+        show_error(self, "DLPred", message)
+
+    # -- hand-over ------------------------------------------------------------------------------
+    def open_iou(self) -> QMainWindow | None:
+        """Open the IoU window with this run's output as the prediction."""
+        if self.output_path is None:
+            return None
+        from bone_apps.iou.window import IoUWindow
+
+        window = self.iou_window
+        if window is None or not window.isVisible():  # reuse an open one, else a new one
+            window = IoUWindow()
+        window.prediction.set_path(self.output_path)
+        reference = bridge.matching_mask(self.scan.path())
+        if reference is not None:
+            window.reference.set_path(reference)
+        if self.report is not None:  # the names this output was written with
+            window.class_names.setText(",".join(self.report.class_names))
+        window.show()
+        window.raise_()
+        self.iou_window = window
+        return window
+
+    def closeEvent(self, event) -> None:  # noqa: N802 - Qt override
+        if self.worker is not None:
+            self.worker.stop()
+            join_worker(self.worker)
+        self.inputs.wait()
+        self.live.reset()
+        super().closeEvent(event)
