@@ -17,7 +17,12 @@ if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 10))' 2>/dev/null
 fi
 echo "Setting up .venv (first run takes a few minutes: PyTorch is large)..."
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
-.venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet -e '.[test]'
+log=.venv/install.log
+if ! { .venv/bin/python -m pip install --upgrade pip &&
+       .venv/bin/python -m pip install -e '.[test]'; } > "$log" 2>&1; then
+  tail -n 30 "$log" >&2
+  echo "Installing bone_apps failed; the whole log is in $log." >&2
+  exit 1
+fi
 echo "$want" > "$stamp"
 echo "Environment ready in .venv"
