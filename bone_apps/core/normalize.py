@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bone_apps.core.choices import parse_choice
 from bone_apps.core.errors import BoneAppsError
 from bone_apps.core.volume import Volume, list_tiff_files, open_volume
 
@@ -53,15 +54,8 @@ class NormMethod(str, Enum):
 
     @classmethod
     def parse(cls, text: str | NormMethod) -> NormMethod:
-        """The method named `text`; BoneAppsError listing the valid names otherwise."""
-        if isinstance(text, cls):
-            return text
-        try:
-            return cls(str(text).strip().lower().replace("_", "-"))
-        except ValueError:
-            valid = ", ".join(m.value for m in cls)
-            raise BoneAppsError(
-                f"normalization {text!r} is unknown: use one of {valid}.") from None
+        """The member named `text`; BoneAppsError listing the valid names otherwise."""
+        return parse_choice(cls, text, "normalization", BoneAppsError)
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bone_apps.core.choices import parse_choice
 from bone_apps.core.errors import FitConfigError
 from bone_apps.core.normalize import NormMethod, ScanStats, normalize, value_range
 from bone_apps.core.volume import Volume, open_volume
@@ -46,13 +47,8 @@ class Dims(str, Enum):
 
     @classmethod
     def parse(cls, text: str | Dims) -> Dims:
-        if isinstance(text, cls):
-            return text
-        try:
-            return cls(str(text).strip().lower())
-        except ValueError:
-            valid = ", ".join(d.value for d in cls)
-            raise FitConfigError(f"fitting mode {text!r} is unknown: use one of {valid}.") from None
+        """The member named `text`; FitConfigError listing the valid names otherwise."""
+        return parse_choice(cls, text, "fitting mode", FitConfigError)
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bone_apps.core.choices import parse_choice
 from bone_apps.core.errors import BoneAppsError, Cancelled
 from bone_apps.core.metrics import (
     IoUResult,
@@ -42,11 +43,8 @@ class Device(str, Enum):
 
     @classmethod
     def parse(cls, text: str) -> Device:
-        try:
-            return cls(text.strip().lower())
-        except ValueError:
-            valid = ", ".join(d.value for d in cls)
-            raise BoneAppsError(f"device {text!r} is unknown: use one of {valid}.") from None
+        """The member named `text`; BoneAppsError listing the valid names otherwise."""
+        return parse_choice(cls, text, "device", BoneAppsError)
 
 
 def resolve_device(device: Device | str) -> Device:

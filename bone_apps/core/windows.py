@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from bone_apps.core.choices import parse_choice
 from bone_apps.core.errors import PredictConfigError
 
 if TYPE_CHECKING:
@@ -44,14 +45,8 @@ class BlendMode(str, Enum):
 
     @classmethod
     def parse(cls, text: str | BlendMode) -> BlendMode:
-        """The mode named `text`; PredictConfigError listing the valid names otherwise."""
-        if isinstance(text, cls):
-            return text
-        try:
-            return cls(str(text).strip().lower())
-        except ValueError:
-            valid = ", ".join(m.value for m in cls)
-            raise PredictConfigError(f"blend mode {text!r} is unknown: use one of {valid}.") from None
+        """The member named `text`; PredictConfigError listing the valid names otherwise."""
+        return parse_choice(cls, text, "blend mode", PredictConfigError)
 
 
 def check_overlap(overlap: float) -> float:
