@@ -293,3 +293,18 @@ def test_mixed_precision_on_cuda(sample_root, cache, tmp_path):
     assert result.status == "completed"
     assert any("precision fp16" in e.text for e in events if isinstance(e, FitMessage))
     assert fit_module  # the module under test
+
+
+def test_stop_during_the_data_checks_ends_before_fitting(sample_root, tmp_path):
+    from bone_apps.core.errors import Cancelled
+    from bone_apps.core.fit import fit
+
+    stop = threading.Event()
+    stop.set()  # pressed while the scans are still being checked
+    out = tmp_path / "run"
+    # A fresh statistics cache, so the checks have real work to do.
+    job = fit(_config(sample_root, tmp_path / "cache", out), stop=stop)
+    with pytest.raises(Cancelled):
+        for _ in job:
+            pass
+    assert not (out / "model.pth").exists() and not (out / "checkpoint.pth").exists()

@@ -36,6 +36,7 @@ from bone_apps.core.checkpoint import (
 )
 from bone_apps.core.errors import (
     BoneAppsError,
+    Cancelled,
     FitConfigError,
     PretrainedUnavailableError,
 )
@@ -418,6 +419,11 @@ class _FitRun:
             thread = threading.Thread(target=work, name="bone-fit-checks", daemon=True)
             thread.start()
             while thread.is_alive() or not events.empty():
+                if not self.dist.enabled and self.stop.is_set():
+                    # Checks can take minutes on real scans; nothing is fitted yet, so nothing
+                    # needs saving (the statistics finished so far stay cached).
+                    raise Cancelled("fitting was stopped while the scans were being checked; "
+                                    "nothing was fitted yet.")
                 try:
                     yield events.get(timeout=0.1)
                 except queue.Empty:

@@ -64,6 +64,7 @@ class FitRunner(QObject):
         self.worker.yielded.connect(self._on_event)
         self.worker.returned.connect(self._on_result)
         self.worker.errored.connect(self._on_error)
+        self.worker.cancelled.connect(self._on_cancelled)
         self.worker.finished.connect(self._on_finished)
         self._ram.start()
         self.worker.start()
@@ -118,6 +119,10 @@ class FitRunner(QObject):
         message = plain_options(message)
         self.monitor.append_log(f"error: {message}")
         self.error.emit(message)
+
+    def _on_cancelled(self) -> None:
+        # Stopped while the scans were still being checked: nothing was fitted or saved.
+        self.monitor.append_log("Stopped before fitting began; nothing was saved.")
 
     def _on_finished(self) -> None:
         self._ram.stop()
