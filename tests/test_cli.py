@@ -93,3 +93,16 @@ def test_iou_bad_input_is_one_line_and_nonzero(sample_root, tmp_path, case):
     assert last.startswith("bone iou") and expected in last
     if case != "device":  # argparse adds its usage line to a bad choice
         assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_iou_reports_non_tiff_files_it_skipped(sample_root, tmp_path):
+    import shutil
+
+    ref = tmp_path / "ref"
+    shutil.copytree(sample_root / "masks" / "bone_00", ref)
+    (ref / "Thumbs.db").write_bytes(b"\0")
+    (ref / "notes.txt").write_text("segmented by hand")
+    done = bone("iou", str(ref), str(sample_root / "masks" / "bone_00"), "--device", "cpu")
+    assert done.returncode == 0
+    assert "2 file(s)" in done.stderr and "Thumbs.db" in done.stderr
+    assert "1.0000" in done.stdout  # the skipped files changed nothing

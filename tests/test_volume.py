@@ -50,6 +50,7 @@ def test_slices_sort_naturally_and_other_files_are_skipped(tmp_path):
     assert volume.slice_names == ["s_1.TIF", "s_2.TIF", "s_3.tiff", "s_10.TIF"]
     assert [int(s[0, 0]) for s in volume.iter_slices()] == [1, 2, 3, 10]
     assert volume.skipped == ["Thumbs.db", "notes.txt"]
+    assert volume.skipped_note().startswith("2 file(s) in ") and "Thumbs.db" in volume.skipped_note()
     assert sorted(["a10", "a9", "a100"], key=natural_key) == ["a9", "a10", "a100"]
 
 

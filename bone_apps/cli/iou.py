@@ -49,8 +49,14 @@ def format_table(result) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from bone_apps.core.scoring import score_stacks, write_result_json
+    from bone_apps.core.volume import open_volume
 
-    job = score_stacks(args.reference, args.prediction, class_names=args.class_names,
+    reference = open_volume(args.reference, role="mask")
+    prediction = open_volume(args.prediction, role="mask")
+    for volume in (reference, prediction):
+        if volume.skipped_note():
+            print(f"note: {volume.skipped_note()}", file=sys.stderr)
+    job = score_stacks(reference, prediction, class_names=args.class_names,
                        ignore_background=args.ignore_background, device=args.device)
     bar = None
     try:

@@ -54,6 +54,7 @@ class DataSummary:
     infos: tuple[PairInfo, ...]
     classes: int
     class_names: tuple[str, ...]
+    notes: tuple[str, ...] = ()  # e.g. non-TIFF files skipped in a folder
 
     def by_id(self) -> dict[str, PairInfo]:
         return {info.pair.id: info for info in self.infos}
@@ -72,6 +73,7 @@ class DataSummary:
         slices = sum(info.shape[0] for info in self.infos)
         lines.append(f"{len(self.infos)} scans, {slices} slices, {self.classes} classes "
                      f"({', '.join(self.class_names)})")
+        lines += [f"note: {note}" for note in self.notes]
         return "\n".join(lines)
 
 
@@ -178,6 +180,7 @@ def check_pairs(
             mismatches, labels beyond the classes, masks without any foreground).
     """
     problems: list[str] = []
+    notes: list[str] = []
     opened = []
     ids = [p.id for p in pairs]
     for dup in sorted({i for i in ids if ids.count(i) > 1}):
@@ -193,6 +196,7 @@ def check_pairs(
         except VolumeError as exc:
             problems.append(str(exc).rstrip("."))
             mask = None
+        notes += [v.skipped_note() for v in (scan, mask) if v is not None and v.skipped_note()]
         if scan is not None and mask is not None:
             if scan.shape != mask.shape:
                 problems.append(
@@ -230,4 +234,4 @@ def check_pairs(
                         "segment (e.g. 1 = bone, 2 = pores)")
     if problems:
         raise DataCheckError(_problem_text(problems))
-    return DataSummary(tuple(infos), max(classes, 2), names[: max(classes, 2)])
+    return DataSummary(tuple(infos), max(classes, 2), names[: max(classes, 2)], tuple(notes))

@@ -124,6 +124,14 @@ class Volume:
     def is_folder(self) -> bool:
         return self._slice_files is not None
 
+    def skipped_note(self) -> str | None:
+        """One sentence about files in the folder that were not TIFF and were left out."""
+        if not self.skipped:
+            return None
+        examples = ", ".join(self.skipped[:3]) + (", ..." if len(self.skipped) > 3 else "")
+        return (f"{len(self.skipped)} file(s) in {self.path} that are not TIFF slices were "
+                f"skipped ({examples}).")
+
     @property
     def nbytes(self) -> int:
         return math.prod(self.shape) * self.dtype.itemsize
