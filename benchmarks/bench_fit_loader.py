@@ -24,7 +24,7 @@ TARGET = 2000.0
 
 
 def make_dataset(root: Path, scans: int, slices: int, size: int) -> None:
-    from bone_apps.core.volume import VolumeWriter
+    from bone_apps.core.writer import VolumeWriter
 
     rng = np.random.default_rng(0)
     (root / "scans").mkdir(parents=True)

@@ -35,7 +35,7 @@ SIZE = 1000
 
 def write_dataset(root: Path, scans: int, slices: int) -> int:
     """Scans with smooth structure and matching masks; returns bytes on disk."""
-    from bone_apps.core.volume import VolumeWriter
+    from bone_apps.core.writer import VolumeWriter
 
     (root / "scans").mkdir(parents=True)
     (root / "masks").mkdir(parents=True)

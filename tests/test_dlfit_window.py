@@ -24,8 +24,8 @@ from PySide6.QtWidgets import (  # noqa: E402
 
 from bone_apps.core.fit import EpochEnd, StepProgress  # noqa: E402
 from bone_apps.core.fitconfig import FitConfig  # noqa: E402
-from bone_apps.core.volume import write_volume  # noqa: E402
 from bone_apps.core.weights import load_weights  # noqa: E402
+from bone_apps.core.writer import write_volume  # noqa: E402
 from bone_apps.dlfit.choices import architecture_choices, encoder_choices  # noqa: E402
 from bone_apps.dlfit.pairs import PROBLEM_BG, VALIDATION  # noqa: E402
 from bone_apps.dlfit.tips import plain_options  # noqa: E402

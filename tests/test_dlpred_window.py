@@ -15,8 +15,9 @@ from PySide6.QtWidgets import QApplication, QLabel, QMessageBox  # noqa: E402
 
 from bone_apps.core.models import build_model  # noqa: E402
 from bone_apps.core.predict import ScanStarted, SliceProgress, StatsProgress  # noqa: E402
-from bone_apps.core.volume import open_volume, write_volume  # noqa: E402
+from bone_apps.core.volume import open_volume  # noqa: E402
 from bone_apps.core.weights import save_weights  # noqa: E402
+from bone_apps.core.writer import write_volume  # noqa: E402
 from bone_apps.dlpred import bridge  # noqa: E402
 from bone_apps.dlpred.window import DLPredWindow  # noqa: E402
 

@@ -221,7 +221,7 @@ def test_easy_mode_shrinks_patch_and_batch_to_the_data(sample_root, cache, tmp_p
 def test_bad_pairs_are_all_listed_before_fitting(sample_root, cache, tmp_path):
     import numpy as np
 
-    from bone_apps.core.volume import write_volume
+    from bone_apps.core.writer import write_volume
 
     scans = sorted((sample_root / "scans").iterdir())
     write_volume(tmp_path / "small_mask", np.zeros((16, 32, 32), np.uint8))

@@ -12,7 +12,7 @@ from bone_apps.core.metrics import (
     scores_from_confusion,
 )
 from bone_apps.core.scoring import compute_iou, result_csv, score_stacks, write_result_json
-from bone_apps.core.volume import write_volume
+from bone_apps.core.writer import write_volume
 
 
 def test_hand_computed_case():

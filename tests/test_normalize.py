@@ -18,7 +18,8 @@ from bone_apps.core.normalize import (
     normalize,
     value_range,
 )
-from bone_apps.core.volume import open_volume, write_volume
+from bone_apps.core.volume import open_volume
+from bone_apps.core.writer import write_volume
 
 
 def _volume(tmp_path, data, name="scan", multipage=False):
@@ -108,9 +109,9 @@ def test_cache_is_invalidated_when_the_scan_changes(tmp_path):
     write_volume(tmp_path / "scan", data)
     cache = tmp_path / "cache"
     first = compute_stats_many([tmp_path / "scan"], workers=1, cache_dir=cache)[0]
-    slice0 = sorted((tmp_path / "scan").iterdir())[0]
+    slice0 = sorted((tmp_path / "scan").glob("*.tif"))[0]
     write_volume(tmp_path / "new", np.full((3, 8, 8), 9, dtype=np.uint8))
-    new0 = sorted((tmp_path / "new").iterdir())[0]
+    new0 = sorted((tmp_path / "new").glob("*.tif"))[0]
     os.replace(new0, slice0)  # same path, new contents and modification time
     os.utime(slice0, ns=(os.stat(slice0).st_atime_ns, os.stat(slice0).st_mtime_ns + 10**9))
     second = compute_stats_many([tmp_path / "scan"], workers=1, cache_dir=cache)[0]

@@ -15,6 +15,7 @@ import torch
 
 from bone_apps.core.errors import (
     Cancelled,
+    ForeignFilesError,
     OutputExistsError,
     PredictConfigError,
     VolumeError,
@@ -36,8 +37,9 @@ from bone_apps.core.predict import (
     scans_in,
     segment_volume,
 )
-from bone_apps.core.volume import VoxelSize, open_volume, write_volume
+from bone_apps.core.volume import VoxelSize, open_volume
 from bone_apps.core.windows import BlendMode
+from bone_apps.core.writer import write_volume
 
 CLASS_NAMES = ["background", "bone", "pores"]
 MODELS = {  # dims -> (architecture, encoder, in_channels, context, patch_depth)
@@ -275,8 +277,12 @@ def test_existing_outputs_are_refused_unless_overwrite(sample_root, weights, tmp
         (tmp_path / "p_prob_bone").mkdir()
         run_predict(config(scan_of(sample_root), weights["2d"], tmp_path / "p", probabilities=True))
     assert not (tmp_path / "p").exists()
+    with pytest.raises(ForeignFilesError, match="keep.txt"):
+        run_predict(config(scan_of(sample_root), weights["2d"], out, overwrite=True))
+    assert (out / "keep.txt").read_text() == "mine"
+    (out / "keep.txt").unlink()  # an empty folder may be replaced
     run_predict(config(scan_of(sample_root), weights["2d"], out, overwrite=True))
-    assert len(list(out.glob("*.tif"))) == 16 and not (out / "keep.txt").exists()
+    assert len(list(out.glob("*.tif"))) == 16
 
 
 def _weights_variants(folder: Path, good: Path) -> dict[str, Path]:

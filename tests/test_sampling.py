@@ -25,7 +25,8 @@ from bone_apps.core.sampling import (
     sample_positions,
     slab_starts,
 )
-from bone_apps.core.volume import open_volume, write_volume
+from bone_apps.core.volume import open_volume
+from bone_apps.core.writer import write_volume
 
 NO_INTENSITY = AugmentConfig(p_brightness=0.0, p_contrast=0.0)
 

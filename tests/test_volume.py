@@ -9,14 +9,8 @@ import pytest
 import tifffile
 
 from bone_apps.core.errors import OutputExistsError, ShapeMismatchError, VolumeError
-from bone_apps.core.volume import (
-    VolumeWriter,
-    VoxelSize,
-    check_same_shape,
-    natural_key,
-    open_volume,
-    write_volume,
-)
+from bone_apps.core.volume import VoxelSize, check_same_shape, natural_key, open_volume
+from bone_apps.core.writer import VolumeWriter, write_volume
 
 VS = VoxelSize(z=12.5, y=10.0, x=10.0)
 

@@ -46,6 +46,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"bone {args.command}: stopped.", file=sys.stderr)
         return 130
+    except OSError as exc:
+        # A full disk, a read-only folder or a vanished folder met outside the writers that
+        # already say so in one sentence (e.g. while saving a checkpoint).
+        from bone_apps.core.outputs import HANDLED_ERRNOS, os_error_sentence
+
+        if exc.errno not in HANDLED_ERRNOS:
+            raise
+        print(f"bone {args.command}: {os_error_sentence(exc)}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -89,6 +89,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     fitting.add_argument("--restart-epochs", type=int, metavar="N", help="cosine-restarts period (5)")
     fitting.add_argument("--epochs", type=int, metavar="N", help="passes over the training tiles (25)")
     fitting.add_argument("--batch", type=int, metavar="N", help="patches per update (64)")
+    fitting.add_argument("--val-slices", type=int, metavar="N",
+                         help="central slices of each validation scan predicted whole after each "
+                              "epoch, as prediction runs; that score picks the best epoch "
+                              "(64; 0: all; -1: score patches only)")
     fitting.add_argument("--device", help="auto, cpu, cuda, cuda:N, cuda:0,1 or cuda:all")
     fitting.add_argument("--precision", choices=["auto", "fp32", "fp16", "bf16"],
                          help="auto: mixed fp16 on CUDA, fp32 on the CPU")
@@ -131,6 +135,7 @@ def build_config(args: argparse.Namespace):
         "init": args.init, "loss": args.loss, "optimizer": args.optimizer, "lr": args.lr,
         "weight_decay": args.weight_decay, "scheduler": args.scheduler,
         "restart_epochs": args.restart_epochs, "epochs": args.epochs, "batch": args.batch,
+        "val_slices": args.val_slices,
         "device": args.device, "precision": args.precision, "workers": args.workers,
         "reproducible": args.reproducible, "profile": args.profile,
     }

@@ -22,6 +22,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--ignore-background", action="store_true",
                         help="leave label 0 out of the means")
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write the scores as JSON")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing --json file (only one bone_apps wrote)")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                         help="where to count (default auto: a GPU when present)")
     parser.set_defaults(func=run, command="iou")
@@ -48,8 +50,12 @@ def format_table(result) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from bone_apps.core.scoring import score_stacks, write_result_json
+    from bone_apps.core.outputs import check_target, write_json_file
+    from bone_apps.core.scoring import score_stacks
     from bone_apps.core.volume import open_volume
+
+    if args.json:
+        check_target(args.json, args.overwrite)  # before the work, not after
 
     reference = open_volume(args.reference, role="mask")
     prediction = open_volume(args.prediction, role="mask")
@@ -79,6 +85,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"reference:  {args.reference}\nprediction: {args.prediction}\n")
     print(format_table(result))
     if args.json:
-        write_result_json(result, args.json, args.reference, args.prediction)
+        write_json_file(args.json, {"reference": str(args.reference),
+                                    "prediction": str(args.prediction), **result.to_dict()},
+                        overwrite=args.overwrite)
         print(f"\nscores written to {args.json}")
     return 0

@@ -38,17 +38,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", type=Path, required=True, metavar="OUT",
                         help="one scan: its label stack (a folder, or a .tif for a multi-page scan); "
                              "several: a folder receiving OUT/<id>")
-    parser.add_argument("--chunk", type=int, default=512, metavar="N",
-                        help="chunk edge in pixels (default 512; shrunk to small slices)")
+    parser.add_argument("--chunk", type=int, default=None, metavar="N",
+                        help="chunk edge in pixels (default: what the fit validated, from the weights; "
+                             "512 for older weights; shrunk to small slices)")
     parser.add_argument("--chunk-depth", type=int, metavar="N",
                         help="3D models: chunk depth in slices (default: the fitted patch depth)")
-    parser.add_argument("--overlap", type=float, default=0.25, metavar="F",
-                        help="fraction of a chunk shared with its neighbour, in [0, 1) (default 0.25)")
+    parser.add_argument("--overlap", type=float, default=None, metavar="F",
+                        help="fraction of a chunk shared with its neighbour, in [0, 1) (default: from "
+                             "the weights; 0.25 for older weights)")
     parser.add_argument("--threshold", type=float, default=0.5, metavar="T",
                         help="voxels whose winning probability is below T become background "
                              "(default 0.5; 0 keeps every label)")
-    parser.add_argument("--blend", choices=["mean", "gaussian"], default="mean",
-                        help="weighting of overlapping chunks (default mean)")
+    parser.add_argument("--blend", choices=["mean", "gaussian"], default=None,
+                        help="weighting of overlapping chunks (default: from the weights; mean for "
+                             "older weights)")
     parser.add_argument("--batch", type=_batch, default=None, metavar="auto|N",
                         help="chunks per forward pass (default auto: from free GPU memory or RAM)")
     parser.add_argument("--device", default="auto", metavar="auto|cpu|cuda|cuda:0,1",
@@ -57,7 +60,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--probabilities", action="store_true",
                         help="also write each class's probability stack (uint8, 0-255) next to the labels")
     parser.add_argument("--report", type=Path, metavar="FILE.json", help="also write the report as JSON")
-    parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace existing outputs, only ones bone_apps wrote (others are "
+                             "never touched)")
     parser.set_defaults(func=run, command="predict")
 
 
@@ -102,6 +107,7 @@ class _Progress:
 def run(args: argparse.Namespace) -> int:
     from bone_apps.core.errors import PredictConfigError
     from bone_apps.core.normalize import default_cache_dir
+    from bone_apps.core.outputs import check_target, write_json_file
     from bone_apps.core.predict import PredictConfig, predict, scans_in
 
     if args.data is not None and args.scans:
@@ -113,8 +119,10 @@ def run(args: argparse.Namespace) -> int:
         scans=tuple(scans), weights=args.weights, out=args.out, chunk=args.chunk,
         chunk_depth=args.chunk_depth, overlap=args.overlap, threshold=args.threshold, blend=args.blend,
         batch=args.batch, device=args.device, tta=args.tta, probabilities=args.probabilities,
-        overwrite=args.overwrite, report=args.report, stats_cache=default_cache_dir())
+        overwrite=args.overwrite, report=None, stats_cache=default_cache_dir())
     rank = int(os.environ.get("RANK", "0") or 0)
+    if args.report and rank == 0:
+        check_target(args.report, args.overwrite)  # before the work, not after
     progress = _Progress(enabled=rank == 0)
     job = predict(config)
     try:
@@ -129,6 +137,10 @@ def run(args: argparse.Namespace) -> int:
         progress.close()
         job.close()  # on Ctrl-C: the outputs in progress are removed before we exit
     if rank == 0:
+        if args.report:  # written here, tagged as ours, so --overwrite may replace it later
+            data = report.to_dict()
+            data["config"] = {**data.get("config", {}), "report": str(args.report)}
+            write_json_file(args.report, data, overwrite=args.overwrite)
         print(report.text())
         if args.report:
             print(f"report written to {args.report}")

@@ -45,3 +45,15 @@ class DataCheckError(BoneAppsError):
 
 class PredictConfigError(BoneAppsError):
     """A prediction option is invalid or does not suit the scan or the model."""
+
+
+class ForeignFilesError(OutputExistsError):
+    """An output to replace holds files bone_apps did not write; they are never touched."""
+
+
+class OutputLockedError(BoneAppsError):
+    """Another bone_apps run is writing the same output right now."""
+
+
+class OutputWriteError(BoneAppsError):
+    """An output could not be written: full disk, read-only folder, vanished folder."""

@@ -43,6 +43,7 @@ from bone_apps.core.errors import (
 from bone_apps.core.fitconfig import FitConfig
 from bone_apps.core.loader import TRAIN, VAL, FitBatches, FitSampler, make_loader
 from bone_apps.core.models import (
+    BORDER_PADDING,
     build_model,
     canonical_architecture,
     check_encoder,
@@ -58,8 +59,15 @@ from bone_apps.core.sampling import (
     ScanSource,
     patch_capacity,
 )
+from bone_apps.core.slice_validation import (
+    MIN_AGREEMENT,
+    InferenceSettings,
+    SliceScores,
+    ValidationScan,
+    score_slices,
+)
 from bone_apps.core.split import Split, split_scans, write_split
-from bone_apps.core.weights import save_weights, software_version, unwrap_model
+from bone_apps.core.weights import load_weights, save_weights, software_version, unwrap_model
 
 # Training memory per patch pixel of a U-Net / ResNet-18 (activations, gradients, optimizer
 # state), measured at 256 px in fp32 on the CPU; mixed precision roughly halves it. Easy
@@ -277,6 +285,7 @@ class _FitRun:
         self._restore: list[Callable[[], None]] = []
         self.t_start = time.perf_counter()
         self.peaks = {"peak_ram_bytes": 0, "peak_vram_bytes": None}
+        self.claim: runfiles.RunClaim | None = None  # rank 0's hold on the output folder
 
     # Plumbing ---------------------------------------------------------------------------------
 
@@ -287,6 +296,9 @@ class _FitRun:
             restore()
         self._restore.clear()
         runfiles.close_fit_log(self.logger)
+        if self.claim is not None:  # keeps the run if it saved a checkpoint, else undoes it
+            self.claim.release()
+            self.claim = None
         if self.dist.enabled:
             ddp.destroy_process_group()
 
@@ -359,7 +371,7 @@ class _FitRun:
     # Setup steps ------------------------------------------------------------------------------
 
     def _prepare_out(self) -> dict | None:
-        runfiles.prepare_out(self.out, self.resume, self.overwrite)
+        self.claim = runfiles.prepare_out(self.out, self.resume, self.overwrite)
         if not self.resume:
             return None
         checkpoint = load_checkpoint(self.out / runfiles.CHECKPOINT)
@@ -615,7 +627,8 @@ class _FitRun:
                              cfg.max_overlap, cfg.context, cfg.patch_depth)
         per_rank = max(1, math.ceil(cfg.batch / self.dist.world))
         common = dict(layout=layout, norm=cfg.norm, batch=per_rank, seed=cfg.seed,
-                      rank=self.dist.rank, world=self.dist.world, classes=summary.classes)
+                      rank=self.dist.rank, world=self.dist.world, classes=summary.classes,
+                      label_values=summary.label_map.values)
         train = PatchBatches(sources(split.train), train=True,
                              augment=cfg.augmentation if cfg.augment else None, **common)
         val = PatchBatches(sources(split.val), train=False, **common)
@@ -769,6 +782,12 @@ class _FitRun:
             train_per_class = train_metric.compute().tolist()
             val_per_class = val_metric.compute().tolist()
             train_iou, val_iou = _nanmean(train_per_class), _nanmean(val_per_class)
+            val_patch_iou = val_iou
+            if cfg.val_slices >= 0 and self.dist.is_main:
+                # What the user will get: whole validation slices through the prediction inferer.
+                scores = self._score_slices(cfg, unwrap_model(net), summary, split,
+                                            [InferenceSettings()])[0]
+                val_per_class, val_iou = scores.per_class_iou, scores.mean_iou
             scheduler.step()
             epoch_seconds = epoch_offset + time.perf_counter() - t_epoch
             state.fit_seconds += time.perf_counter() - t_epoch
@@ -784,7 +803,7 @@ class _FitRun:
                 self.peaks["peak_vram_bytes"] = max(self.peaks["peak_vram_bytes"] or 0,
                                                     resources["peak_vram_bytes"])
             row = {"epoch": epoch + 1, "lr": lr, "train_loss": train_loss, "val_loss": val_loss,
-                   "train_iou": train_iou, "val_iou": val_iou,
+                   "train_iou": train_iou, "val_iou": val_iou, "val_patch_iou": val_patch_iou,
                    **{f"val_iou_{name}": v for name, v in per_class.items()},
                    "epoch_time_s": epoch_seconds, "fit_time_s": state.fit_seconds,
                    "step_time_s": step_seconds,
@@ -803,7 +822,9 @@ class _FitRun:
                 runfiles.write_log_csv(self.out / runfiles.LOG_CSV, state.history)
                 self.logger.info(
                     f"epoch {epoch + 1}/{cfg.epochs}: lr {lr:.3g}, loss {train_loss:.4f} / "
-                    f"{val_loss:.4f}, IoU {train_iou:.4f} / {val_iou:.4f} (train / val), "
+                    f"{val_loss:.4f}, IoU {train_iou:.4f} / {val_iou:.4f} (train / val"
+                    + (f" on whole slices; {val_patch_iou:.4f} on patches, gap "
+                       f"{val_patch_iou - val_iou:+.4f}" if val_patch_iou != val_iou else "") + "), "
                     + ", ".join(f"{k} {v:.4f}" if v is not None else f"{k} absent"
                                 for k, v in per_class.items())
                     + f"; {epoch_seconds:.1f} s, peak RAM {resources['peak_rss_bytes'] / 2**30:.2f} GB"
@@ -815,6 +836,7 @@ class _FitRun:
                 break
 
         self.step_seconds = step_seconds
+        self.fitted_model = model
         if self.stopped and self.dist.is_main:
             self._save_checkpoint(cfg, model, optimizer, scheduler, scaler, split, summary)
         self.loader = None
@@ -834,6 +856,7 @@ class _FitRun:
             "version": software_version(), "dims": dims.value, "arch": self.arch,
             "encoder": cfg.encoder, "in_channels": self.in_channels, "classes": summary.classes,
             "class_names": list(summary.class_names), "patch_size": cfg.patch,
+            "label_values": list(summary.label_map.values),  # mask value of class 0, 1, ...
             "context": cfg.context if dims is Dims.D25 else 0,
             "patch_depth": cfg.patch_depth if dims is Dims.D3 else 1,
             "norm": NormMethod.parse(cfg.norm).value, "fit_config": cfg.to_dict(),
@@ -841,8 +864,56 @@ class _FitRun:
             "metrics": {"val_iou": row["val_iou"], "val_loss": row["val_loss"],
                         "train_iou": row["train_iou"], "train_loss": row["train_loss"],
                         "val_iou_per_class": per_class},
-            "required_multiple": self.multiple,
+            "required_multiple": self.multiple, "padding": BORDER_PADDING,
         }
+
+    def _score_slices(self, cfg: FitConfig, model, summary: DataSummary, split: Split,
+                      settings: list[InferenceSettings]) -> list[SliceScores]:
+        """Slice-level validation of `model` (left in eval mode) with each of `settings`."""
+        import torch
+
+        infos = summary.by_id()
+        scans = [ValidationScan(infos[i].pair.scan, infos[i].pair.mask, infos[i].stats)
+                 for i in split.val]
+        meta = self._weights_meta(cfg, summary, {"epoch": 0, "val_iou": None, "val_loss": None,
+                                                 "train_iou": None, "train_loss": None}, {})
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                return score_slices(model, str(self.devices.device), meta, scans, settings,
+                                    cfg.val_slices, summary.label_map)
+        finally:
+            model.train(was_training)
+
+    def _choose_inference(self, cfg: FitConfig, summary: DataSummary, split: Split) -> dict | None:
+        """Check the best model's labels against window size; record in its weights the
+        prediction settings that reproduce its slice-level validation (patch-sized windows
+        when larger ones change its labels)."""
+        path = self.out / runfiles.MODEL
+        model = getattr(self, "fitted_model", None)
+        if model is None or not path.exists() or cfg.val_slices < 0 or not self.dist.is_main:
+            return None
+        state, meta = load_weights(path)
+        model.load_state_dict(state)
+        default, patch = self._score_slices(
+            cfg, model, summary, split, [InferenceSettings(), InferenceSettings.patch_sized(cfg.patch)])
+        dependent = patch.agreement < MIN_AGREEMENT
+        chosen = patch if dependent else default
+        inference = {**chosen.settings.to_dict(), "val_iou": chosen.mean_iou,
+                     "agreement": patch.agreement, "window_dependent": dependent,
+                     "val_iou_default_windows": default.mean_iou,
+                     "val_iou_patch_windows": patch.mean_iou}
+        meta["inference"] = inference
+        save_weights(path, model, runfiles.finite(meta))
+        text = (f"window check: {cfg.patch} px and {InferenceSettings().chunk} px windows label "
+                f"{patch.agreement:.2%} of validation voxels alike (whole-slice mIoU "
+                f"{patch.mean_iou:.4f} / {default.mean_iou:.4f}); prediction defaults to "
+                f"{chosen.settings.text()}")
+        if dependent:
+            text += " because larger windows change this model's labels"
+        self.logger.info(text)
+        return inference
 
     def _save_model(self, cfg, model, summary, row, per_class) -> None:
         save_weights(self.out / runfiles.MODEL, model, runfiles.finite(
@@ -873,9 +944,14 @@ class _FitRun:
             "complexity": self.complexity, "init": self.init_note,
             "device": self.devices.describe(self.dist), "world_size": self.dist.world,
             "classes": list(summary.class_names), "split": split.to_dict(),
+            "label_values": list(summary.label_map.values),
             "patches_per_epoch": train_ds.patches_per_epoch, "version": software_version(),
         }
         model_path = self.out / runfiles.MODEL
+        if not self.stopped:
+            summary_data["inference"] = self._choose_inference(cfg, summary, split)
+            if best_row is not None and best_row.get("val_patch_iou") is not None:
+                summary_data["val_patch_slice_gap"] = best_row["val_patch_iou"] - best_row["val_iou"]
         hint = None
         if self.stopped:
             hint = f"bone fit --resume {self.out}"

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bone_apps.core.errors import FitConfigError
+from bone_apps.core.labels import check_class_names
 from bone_apps.core.normalize import NormMethod
 from bone_apps.core.sampling import AugmentConfig, Dims
 
@@ -40,6 +41,9 @@ class FitConfig:
     update; split over GPUs / ranks). `device` auto, cpu, cuda, cuda:N, cuda:0,1 or cuda:all;
     `precision` auto (fp16 on CUDA, fp32 on CPU), fp32, fp16, bf16. `workers` DataLoader
     processes (None: from the core count). `reproducible` adds deterministic algorithms.
+    Validation: after each epoch the central `val_slices` slices of every validation scan
+    (0: all) are predicted whole, as prediction runs, and that score picks the best epoch;
+    -1 scores patches only.
     `easy` applies the paper's BP-2D-03 recipe, shrinking patch and batch to the data.
     """
 
@@ -71,6 +75,7 @@ class FitConfig:
     restart_epochs: int = 5
     epochs: int = 25
     batch: int = 64
+    val_slices: int = 64
     device: str = "auto"
     precision: str = "auto"
     workers: int | None = None
@@ -78,6 +83,10 @@ class FitConfig:
     cache_dir: str | None = None
     profile: bool = True
     easy: bool = False
+
+    def __post_init__(self) -> None:
+        if self.class_names:  # repeated or file-clashing names are refused before any work
+            check_class_names(self.class_names, FitConfigError)
 
     # JSON ------------------------------------------------------------------------------------
 
@@ -162,6 +171,9 @@ class FitConfig:
         for name, value in positive.items():
             if int(value) < 1:
                 raise FitConfigError(f"{name.replace('_', ' ')} must be at least 1 (got {value}).")
+        if int(self.val_slices) < -1:
+            raise FitConfigError(f"val slices must be -1 (patches only), 0 (all) or more (got "
+                                 f"{self.val_slices}).")
         if self.context < 0:
             raise FitConfigError(f"context must be 0 or more slices (got {self.context}).")
         if not 0.0 <= self.max_overlap <= 1.0:

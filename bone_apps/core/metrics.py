@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     import torch
 
 _BLOCK = 1 << 18  # voxels per block: the code and compare buffers stay in L2 cache
+MAX_MATRIX_CLASSES = 1024  # an 8 MiB matrix; a scan's values (up to 65536) go far beyond
 _COMPARE_MAX_CODES = 16  # up to 4 classes: compare-and-count beats bincount
 
 
@@ -29,6 +30,15 @@ def _code_dtype(num_classes: int) -> np.dtype:
     if num_classes * num_classes <= 65536:
         return np.dtype(np.uint16)
     return np.dtype(np.int64)
+
+
+def _checked_size(num_classes: int) -> int:
+    """The class count, refused when its matrix would be absurd (a scan's values as labels)."""
+    n = int(num_classes)
+    if n > MAX_MATRIX_CLASSES:
+        raise LabelError(f"{n} classes were asked for: labels this high mean a scan was given "
+                         "instead of a label mask; choose the mask.")
+    return n
 
 
 def confusion_matrix(reference: np.ndarray, prediction: np.ndarray, num_classes: int) -> np.ndarray:
@@ -43,7 +53,7 @@ def confusion_matrix(reference: np.ndarray, prediction: np.ndarray, num_classes:
     """
     if reference.shape != prediction.shape:
         raise ValueError(f"shapes differ: {reference.shape} vs {prediction.shape}")
-    n = int(num_classes)
+    n = _checked_size(num_classes)
     ref, pred = reference.reshape(-1), prediction.reshape(-1)
     counts = np.zeros(n * n, dtype=np.int64)
     dtype = _code_dtype(n)
@@ -73,7 +83,7 @@ def confusion_matrix_torch(reference: torch.Tensor, prediction: torch.Tensor,
     """The same counts as `confusion_matrix`, on the tensors' device (CUDA or CPU)."""
     import torch
 
-    n = int(num_classes)
+    n = _checked_size(num_classes)
     codes = reference.reshape(-1).to(torch.int64) * n + prediction.reshape(-1).to(torch.int64)
     return torch.bincount(codes, minlength=n * n)[: n * n].reshape(n, n)
 
@@ -137,22 +147,29 @@ def class_names_for(num_classes: int, names: Sequence[str] | None) -> list[str]:
 
 def scores_from_confusion(
     confusion: np.ndarray, class_names: Sequence[str] | None = None,
-    ignore_background: bool = False,
+    ignore_background: bool = False, label_values: Sequence[int] | None = None,
 ) -> IoUResult:
-    """Per-class IoU = |R∩P| / |R∪P| and Dice = 2|R∩P| / (|R| + |P|), and their means."""
+    """Per-class IoU = |R∩P| / |R∪P| and Dice = 2|R∩P| / (|R| + |P|), and their means.
+
+    `label_values` gives the mask value of each row/column (default 0, 1, ...): it becomes the
+    class's label, names the unnamed ones ("class 255"), and decides which one is background
+    (value 0) for `ignore_background`.
+    """
     confusion = np.asarray(confusion, dtype=np.int64)
     n = confusion.shape[0]
-    names = class_names_for(n, class_names)
+    labels = [int(v) for v in label_values] if label_values is not None else list(range(n))
+    names = [name if i < len(class_names or ()) else f"class {labels[i]}"
+             for i, name in enumerate(class_names_for(n, class_names))]
     intersection = np.diag(confusion)
     reference = confusion.sum(axis=1)
     predicted = confusion.sum(axis=0)
     classes = []
-    for label in range(n):
-        inter, ref, pred = int(intersection[label]), int(reference[label]), int(predicted[label])
+    for k in range(n):
+        inter, ref, pred = int(intersection[k]), int(reference[k]), int(predicted[k])
         union = ref + pred - inter
         iou = inter / union if union else None
         dice = 2 * inter / (ref + pred) if union else None
-        classes.append(ClassScore(label, names[label], iou, dice, ref, pred, inter))
+        classes.append(ClassScore(labels[k], names[k], iou, dice, ref, pred, inter))
     counted = [c for c in classes if c.present and not (ignore_background and c.label == 0)]
     mean_iou = float(np.mean([c.iou for c in counted])) if counted else None
     mean_dice = float(np.mean([c.dice for c in counted])) if counted else None

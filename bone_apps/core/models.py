@@ -32,6 +32,8 @@ ARCHITECTURES_3D = {"BasicUNet": _BASICUNET_FEATURES}
 REQUIRED_MULTIPLE_3D = 16
 _HUB_HOST = ("huggingface.co", 443)
 
+# Convolutions of new models pad with replicated edges (see set_border_padding).
+BORDER_PADDING = "replicate"
 
 def _smp_mapping() -> dict[str, type]:
     import segmentation_models_pytorch as smp
@@ -96,6 +98,7 @@ def build_model(
     classes: int,
     encoder_weights: str | None = None,
     patch_depth: int = 1,
+    padding: str = BORDER_PADDING,
 ) -> torch.nn.Module:
     """Construct a segmentation network.
 
@@ -107,6 +110,8 @@ def build_model(
         classes: output classes (>= 2).
         encoder_weights: "imagenet" to start from ImageNet weights (2D/2.5D), None for random.
         patch_depth: 3D patch depth (must be a multiple of 16; unused otherwise).
+        padding: how convolutions pad at the input's border ("replicate", or "zeros" as
+            weights fitted before bone_apps 0.2 were).
 
     Raises:
         BoneAppsError: unknown architecture/encoder or impossible combination.
@@ -121,8 +126,9 @@ def build_model(
                 "weights file of this suite.")
         from monai.networks.nets import BasicUNet
 
-        return BasicUNet(spatial_dims=3, in_channels=in_channels, out_channels=classes,
-                         features=ARCHITECTURES_3D[arch][encoder])
+        return set_border_padding(BasicUNet(spatial_dims=3, in_channels=in_channels,
+                                            out_channels=classes,
+                                            features=ARCHITECTURES_3D[arch][encoder]), padding)
     import segmentation_models_pytorch as smp
 
     key = next(k for k, c in _smp_mapping().items() if c.__name__ == arch)
@@ -131,8 +137,9 @@ def build_model(
             f"this computer is offline, so ImageNet weights for {encoder} cannot be downloaded: "
             "use --init random, or --init FILE.pth with a weights file of this suite.")
     try:
-        return smp.create_model(key, encoder_name=encoder, encoder_weights=encoder_weights,
-                                in_channels=in_channels, classes=classes)
+        return set_border_padding(
+            smp.create_model(key, encoder_name=encoder, encoder_weights=encoder_weights,
+                             in_channels=in_channels, classes=classes), padding)
     except (KeyError, ValueError) as exc:
         if encoder_weights and "weights" in str(exc).lower():
             raise PretrainedUnavailableError(
@@ -143,6 +150,27 @@ def build_model(
         raise PretrainedUnavailableError(
             f"ImageNet weights for {encoder} could not be downloaded ({type(exc).__name__}): use "
             "--init random, or --init FILE.pth with a weights file of this suite.") from None
+
+
+def set_border_padding(model: torch.nn.Module, padding: str) -> torch.nn.Module:
+    """Make every padded convolution of `model` pad its input with `padding` ("zeros",
+    "replicate"); the parameters are unchanged.
+
+    With zero padding, a network fitted on small patches with brightness and contrast
+    augmentation learns to read intensities against the constant border (the only place
+    where a shifted patch differs from an unshifted one); a large prediction window has no
+    border near most voxels, and its labels change (cavities labelled as background).
+    Replicated edges carry no fixed intensity, so the output does not depend on the window.
+    """
+    import torch
+
+    if padding not in ("zeros", "replicate"):
+        raise BoneAppsError(f"convolution padding {padding!r} is unknown: use zeros or replicate.")
+    for module in model.modules():
+        if isinstance(module, (torch.nn.Conv2d, torch.nn.Conv3d)) and any(
+                p > 0 for p in module._reversed_padding_repeated_twice):
+            module.padding_mode = padding
+    return model
 
 
 def required_multiple(model: torch.nn.Module, dims: str) -> int:
@@ -156,4 +184,5 @@ def required_multiple(model: torch.nn.Module, dims: str) -> int:
 def model_from_meta(meta: dict) -> torch.nn.Module:
     """Rebuild the network a weights file describes, with random weights (never a download)."""
     return build_model(meta["dims"], meta["arch"], meta["encoder"], int(meta["in_channels"]),
-                       int(meta["classes"]), None, int(meta.get("patch_depth", 1)))
+                       int(meta["classes"]), None, int(meta.get("patch_depth", 1)),
+                       str(meta.get("padding", "zeros")))

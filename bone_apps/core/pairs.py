@@ -14,7 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from bone_apps.core.errors import DataCheckError, VolumeError
+from bone_apps.core.errors import DataCheckError, LabelError, VolumeError
+from bone_apps.core.labels import MAX_LABEL_VALUES, LabelMap, label_map_for, too_many_values
 from bone_apps.core.normalize import ScanStats, run_volume_tasks, stats_task
 from bone_apps.core.volume import TIFF_SUFFIXES, natural_key, open_volume
 
@@ -38,7 +39,7 @@ class PairInfo:
     shape: tuple[int, int, int]
     dtype: str
     voxel_size: str | None
-    label_counts: tuple[int, ...]  # voxels of label 0, 1, ...
+    label_counts: tuple[int, ...]  # voxels of class 0, 1, ... (mask values mapped: label_values)
     stats: ScanStats
 
     @property
@@ -55,6 +56,13 @@ class DataSummary:
     classes: int
     class_names: tuple[str, ...]
     notes: tuple[str, ...] = ()  # e.g. non-TIFF files skipped in a folder
+    # The mask value of class 0, 1, ... (labels.LabelMap); () or 0, 1, ...: labels are classes.
+    label_values: tuple[int, ...] = ()
+
+    @property
+    def label_map(self) -> LabelMap:
+        """How mask values become classes (identity when the masks hold 0..N-1)."""
+        return LabelMap(self.label_values) if self.label_values else LabelMap.identity(self.classes)
 
     def by_id(self) -> dict[str, PairInfo]:
         return {info.pair.id: info for info in self.infos}
@@ -143,15 +151,33 @@ def _problem_text(problems: list[str]) -> str:
 
 
 def label_counts_task(path: str) -> dict:
-    """Voxels per label of one mask, counted slice by slice (a run_volume_tasks task)."""
+    """Voxels per label value of one mask, counted slice by slice (a run_volume_tasks task).
+
+    Returns {"values": [...], "counts": [...], "complete": bool}: counting stops early (complete
+    False) once the mask holds more distinct values than a label mask may, e.g. a scan.
+    """
     counts = np.zeros(0, dtype=np.int64)
+    complete = True
     with open_volume(path, role="mask") as volume:
         for slice_ in volume.iter_slices():
-            c = np.bincount(slice_.ravel())
+            c = np.bincount(slice_.ravel())  # masks are uint8/uint16: at most 65536 bins
             if c.size > counts.size:
                 counts = np.pad(counts, (0, c.size - counts.size))
             counts[: c.size] += c
-    return {"counts": [int(c) for c in counts]}
+            if np.count_nonzero(counts) > MAX_LABEL_VALUES:
+                complete = False
+                break
+    values = np.flatnonzero(counts)
+    return {"values": [int(v) for v in values], "counts": [int(counts[v]) for v in values],
+            "complete": complete}
+
+
+def _value_counts(result: dict) -> tuple[dict[int, int], bool]:
+    """{value: voxels} and completeness of a label_counts_task result (also older cache entries,
+    which held dense counts by label)."""
+    if "values" in result:
+        return dict(zip(result["values"], result["counts"])), bool(result.get("complete", True))
+    return {v: c for v, c in enumerate(result["counts"]) if c}, True
 
 
 def default_class_names(classes: int) -> tuple[str, ...]:
@@ -173,11 +199,16 @@ def check_pairs(
         pairs: the scan/mask pairs.
         class_names: names of labels 0, 1, ...; declares the classes (masks may not use
             more). None: classes = highest label + 1, names from default_class_names().
+            Masks whose values are not 0..N-1 (e.g. 0/255, 0/128/255, 1/2/3) are mapped:
+            the sorted values of all masks become classes 0..N-1 (names, when given, name
+            them in order), summary.label_values records it and a note says so.
         workers, cache_dir, progress: as for normalize.run_volume_tasks.
 
     Raises:
         DataCheckError: listing every problem (unreadable or unsupported scans, shape
-            mismatches, labels beyond the classes, masks without any foreground).
+            mismatches, labels beyond the classes, masks without any foreground, masks with
+            more than 64 distinct values, i.e. scans given as masks, which are refused before
+            anything is sized from their values).
     """
     problems: list[str] = []
     notes: list[str] = []
@@ -211,27 +242,56 @@ def check_pairs(
     for pair, _ in opened:
         tasks += [(stats_task, pair.scan, "stats"), (label_counts_task, pair.mask, "labels")]
     values = run_volume_tasks(tasks, workers, cache_dir, progress)
-    infos = []
-    for k, (pair, scan) in enumerate(opened):
-        stats, counts = ScanStats.from_dict(values[2 * k]), tuple(values[2 * k + 1]["counts"])
-        infos.append(PairInfo(pair, scan.shape, str(scan.dtype),
-                              str(scan.voxel_size) if scan.voxel_size else None, counts, stats))
-    classes = max(len(i.label_counts) for i in infos)
-    if class_names:
-        names = tuple(class_names)
-        for info in infos:
-            extra = [lab for lab in range(len(names), len(info.label_counts)) if info.label_counts[lab]]
-            if extra:
-                problems.append(
-                    f"{info.pair.mask} holds label(s) {', '.join(map(str, extra))} but only "
-                    f"{len(names)} classes are named ({', '.join(names)}): name every label or "
-                    "fix the mask")
-        classes = len(names)
-    else:
-        names = default_class_names(max(classes, 2))
-    if classes < 2:
-        problems.append("every mask holds only background (label 0): label the structures to "
-                        "segment (e.g. 1 = bone, 2 = pores)")
+    found = []
+    for k, (pair, _) in enumerate(opened):
+        by_value, complete = _value_counts(values[2 * k + 1])
+        found.append(by_value)
+        # Before anything is sized from the labels: a scan given as a mask stops here.
+        problem = too_many_values(pair.mask, sorted(by_value), complete)
+        if problem:
+            problems.append(problem)
     if problems:
         raise DataCheckError(_problem_text(problems))
-    return DataSummary(tuple(infos), max(classes, 2), names[: max(classes, 2)], tuple(notes))
+    union = sorted(set().union(*found))
+    names = tuple(class_names or ())
+    if names and union and union[-1] >= len(names) and len(union) != len(names):
+        for (pair, _), by_value in zip(opened, found):
+            extra = [v for v in sorted(by_value) if v >= len(names)]
+            if extra:
+                problems.append(
+                    f"{pair.mask} holds label(s) {', '.join(map(str, extra))} but only "
+                    f"{len(names)} classes are named ({', '.join(names)}): name every label "
+                    f"(the masks hold {', '.join(map(str, union))}) or fix the mask")
+        raise DataCheckError(_problem_text(problems))
+    try:
+        label_map = label_map_for(union, names or None)
+    except LabelError as exc:
+        raise DataCheckError(str(exc)) from None
+    classes = label_map.classes
+    if not names:
+        names = default_class_names(max(classes, 2))
+    infos = []
+    for k, ((pair, scan), by_value) in enumerate(zip(opened, found)):
+        stats = ScanStats.from_dict(values[2 * k])
+        if label_map.is_identity:  # voxels of label 0, 1, ... up to this mask's highest
+            top = max(by_value, default=0)
+            counts = tuple(by_value.get(v, 0) for v in range(top + 1))
+        else:  # voxels of class 0, 1, ...: the mapped values
+            counts = tuple(by_value.get(v, 0) for v in label_map.values)
+        infos.append(PairInfo(pair, scan.shape, str(scan.dtype),
+                              str(scan.voxel_size) if scan.voxel_size else None, counts, stats))
+    if classes < 2:
+        only = union[0] if union else 0
+        problems.append("every mask holds only background (label 0): label the structures to "
+                        "segment (e.g. 1 = bone, 2 = pores)" if only == 0 else
+                        f"every mask holds only the value {only}: label the background and the "
+                        "structures to segment with different values")
+    if problems:
+        raise DataCheckError(_problem_text(problems))
+    if not label_map.is_identity:
+        notes.append(label_map.note(names))
+        label_values = label_map.values
+    else:
+        label_values = tuple(range(max(classes, 2)))
+    return DataSummary(tuple(infos), max(classes, 2), names[: max(classes, 2)], tuple(notes),
+                       label_values)

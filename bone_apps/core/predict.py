@@ -25,7 +25,7 @@ import threading
 import time
 from collections.abc import Callable, Generator, Sequence
 from contextlib import ExitStack
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -39,6 +39,7 @@ from bone_apps.core.errors import (
     VolumeError,
     WeightsError,
 )
+from bone_apps.core.labels import LabelMap, check_class_names
 from bone_apps.core.volume import TIFF_SUFFIXES, Volume, natural_key, open_volume
 from bone_apps.core.windows import (
     AxisPlan,
@@ -81,7 +82,9 @@ class PredictConfig:
         out: for one scan, its label stack (a folder for a folder scan, a .tif file for a
             multi-page scan); for several, a folder receiving OUT/<id>/ (or OUT/<id>.tif).
         chunk: chunk edge in pixels (rounded up to the network's required multiple; shrunk to
-            the slice when larger).
+            the slice when larger). None, and None for `overlap` and `blend`: the settings
+            the fit validated the model with, from the weights (the paper's 512 px, 0.25 and
+            mean for weights that do not say).
         chunk_depth: 3D chunk depth in slices (default: the depth the model was fitted on).
         overlap: fraction of a chunk shared with its neighbour, in [0, 1).
         threshold: a voxel whose winning class probability is below it becomes background (0).
@@ -99,11 +102,11 @@ class PredictConfig:
     scans: tuple[Path, ...]
     weights: Path
     out: Path
-    chunk: int = 512
+    chunk: int | None = None
     chunk_depth: int | None = None
-    overlap: float = 0.25
+    overlap: float | None = None
     threshold: float = 0.5
-    blend: BlendMode = BlendMode.MEAN
+    blend: BlendMode | None = None
     batch: int | None = None
     device: str = "auto"
     tta: bool = False
@@ -123,12 +126,14 @@ class PredictConfig:
             set_(self, "report", Path(self.report).expanduser())
         if self.stats_cache is not None:
             set_(self, "stats_cache", Path(self.stats_cache).expanduser())
-        set_(self, "blend", BlendMode.parse(self.blend))
-        set_(self, "overlap", check_overlap(self.overlap))
+        if self.blend is not None:
+            set_(self, "blend", BlendMode.parse(self.blend))
+        if self.overlap is not None:
+            set_(self, "overlap", check_overlap(self.overlap))
         set_(self, "device", str(self.device).strip().lower().replace(" ", ""))
         if not self.scans:
             raise PredictConfigError("no scan was given: name at least one scan folder or TIFF file.")
-        if int(self.chunk) < 1:
+        if self.chunk is not None and int(self.chunk) < 1:
             raise PredictConfigError(f"chunk {self.chunk} must be a positive number of pixels, e.g. 512.")
         if self.chunk_depth is not None and int(self.chunk_depth) < 1:
             raise PredictConfigError(f"chunk depth {self.chunk_depth} must be a positive number of slices.")
@@ -146,7 +151,7 @@ class PredictConfig:
         """Plain data (paths as strings), for the report."""
         data = asdict(self)
         data["scans"] = [str(s) for s in self.scans]
-        data["blend"] = self.blend.value
+        data["blend"] = None if self.blend is None else self.blend.value
         for key in ("weights", "out", "report", "stats_cache"):
             data[key] = None if data[key] is None else str(data[key])
         return data
@@ -395,6 +400,7 @@ class ModelSpec:
     patch_depth: int
     norm: str
     required_multiple: int
+    label_values: tuple[int, ...] | None = None  # mask value of class 0, 1, ... (None: the same)
 
     @classmethod
     def from_meta(cls, meta: dict, source: str | os.PathLike = "the weights file") -> ModelSpec:
@@ -408,7 +414,11 @@ class ModelSpec:
                 class_names=tuple(str(n) for n in meta["class_names"]),
                 context=int(meta.get("context") or 0), patch_depth=int(meta.get("patch_depth") or 1),
                 norm=NormMethod.parse(meta["norm"]).value,
-                required_multiple=int(meta.get("required_multiple") or 32))
+                required_multiple=int(meta.get("required_multiple") or 32),
+                label_values=_label_values(meta))
+            check_class_names(spec.class_names, WeightsError, f"the class names of {source}")
+        except WeightsError:
+            raise
         except (KeyError, TypeError, ValueError, BoneAppsError) as exc:
             raise WeightsError(f"{source} has unusable metadata ({exc}): fit the model again "
                                "with bone fit.") from None
@@ -427,6 +437,12 @@ class ModelSpec:
             raise WeightsError(f"{source} has inconsistent metadata ({problem}): fit the model again "
                                "with bone fit.")
         return spec
+
+
+def _label_values(meta: dict) -> tuple[int, ...] | None:
+    """The mask values predictions are written with (meta["label_values"]); None: 0..N-1."""
+    label_map = LabelMap.from_dict(meta, int(meta["classes"]))
+    return None if label_map is None or label_map.is_identity else label_map.values
 
 
 def load_model(path: Path) -> tuple[torch.nn.Module, dict, ModelSpec]:
@@ -983,6 +999,29 @@ def _stats_with_progress(paths: list[Path], config: PredictConfig
     return outcome["stats"]
 
 
+def with_model_settings(config: PredictConfig, meta: dict) -> tuple[PredictConfig, str]:
+    """`config` with the chunk, overlap and blend it leaves open taken from the weights (what
+    the fit validated the model with), and a sentence saying so ("" when all were given)."""
+    from bone_apps.core.slice_validation import InferenceSettings
+
+    recommended = InferenceSettings.from_meta(meta)
+    open_fields = {name: getattr(recommended, name) for name in ("chunk", "overlap", "blend")
+                   if getattr(config, name) is None}
+    if not open_fields:
+        return config, ""
+    config = replace(config, **open_fields)
+    note = ""
+    if meta.get("inference"):
+        validated = meta["inference"]
+        used = InferenceSettings(config.chunk, config.overlap, config.blend.value)
+        val_iou = validated.get("val_iou", float("nan"))
+        note = f"; predicting with {used.text()} as the fit validated it (whole-slice mIoU {val_iou:.4f})"
+        if validated.get("window_dependent"):
+            note += (", because larger windows changed this model's labels "
+                     f"({validated.get('agreement', 0):.1%} agreement)")
+    return config, note
+
+
 def predict(config: PredictConfig, stop: threading.Event | None = None
             ) -> Generator[PredictEvent, None, PredictReport]:
     """Predict label stacks for every scan of `config`, yielding progress records.
@@ -1006,6 +1045,7 @@ def predict(config: PredictConfig, stop: threading.Event | None = None
 
     started = time.perf_counter()
     model, meta, spec = load_model(config.weights)
+    config, settings_note = with_model_settings(config, meta)
     dist_env = _torchrun_env()
     world, rank, local_rank = dist_env or (1, 0, None)
     group_owned = False
@@ -1061,7 +1101,7 @@ def predict(config: PredictConfig, stop: threading.Event | None = None
     devices_used = sorted({p["device"] for p in gathered})
     report = PredictReport(
         scans=tuple(r for _, r in combined), class_names=spec.class_names, threshold=config.threshold,
-        meta_summary=summarize_meta(meta), meta=meta, config=config.to_dict(),
+        meta_summary=summarize_meta(meta) + settings_note, meta=meta, config=config.to_dict(),
         wall_s=max(p["wall_s"] for p in gathered), model_s=sum(p["model_s"] for p in gathered),
         peak_rss_bytes=max(p["peak_rss_bytes"] for p in gathered),
         peak_vram_bytes=max(vram) if vram else None,
@@ -1077,7 +1117,7 @@ def _predict_job(job: ScanJob, scans: int, stats: ScanStats, model, spec: ModelS
                  devices: list[str], config: PredictConfig, stop: threading.Event | None,
                  rank: int = 0) -> Generator[PredictEvent, None, ScanResult]:
     """Predict one scan into its outputs (atomically) and summarize it."""
-    from bone_apps.core.volume import VolumeWriter
+    from bone_apps.core.writer import VolumeWriter
 
     started = time.perf_counter()
     with open_volume(job.scan) as volume, ExitStack() as outputs:
@@ -1095,12 +1135,17 @@ def _predict_job(job: ScanJob, scans: int, stats: ScanStats, model, spec: ModelS
             job.labels.parent.mkdir(parents=True, exist_ok=True)
         names = volume.slice_names
         label_dtype = np.uint8 if spec.classes <= 256 else np.uint16
+        if spec.label_values:  # classes 0..N-1 are written as the user's own values (e.g. 0/255)
+            label_dtype = LabelMap(spec.label_values).value_dtype
         sinks = []
         for target, dtype in [(job.labels, label_dtype)] + [(p, np.uint8) for p in job.probabilities]:
             writer = outputs.enter_context(VolumeWriter(
                 target, volume.shape, dtype, slice_names=names, voxel_size=volume.voxel_size,
                 overwrite=config.overwrite))
             sinks.append(writer.write)
+        if spec.label_values:
+            to_values, write_labels = LabelMap(spec.label_values).to_values, sinks[0]
+            sinks[0] = lambda labels: write_labels(to_values(labels))
         tally = yield from segment_volume(volume, stats, spec, runner, plan, sinks, config.threshold,
                                           config.blend, stop, job.index)
     return ScanResult(

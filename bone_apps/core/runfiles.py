@@ -14,6 +14,7 @@ import math
 import os
 from pathlib import Path
 
+from bone_apps.core import outputs
 from bone_apps.core.errors import OutputExistsError
 
 MODEL, CHECKPOINT, CONFIG, SPLIT = "model.pth", "checkpoint.pth", "config.json", "split.json"
@@ -28,37 +29,145 @@ def holds_run(out: Path) -> list[str]:
     return [name for name in RUN_FILES if (out / name).exists()]
 
 
-def prepare_out(out: Path, resume: bool, overwrite: bool) -> Path:
-    """Create `out`, or check it may be used.
+RUN_KIND = "fit-run"
+_PREVIOUS = f".bone_apps.previous-{os.getpid()}"
 
-    A folder holding an earlier run is refused unless resuming (which needs its checkpoint)
-    or overwriting (which deletes only the run files named in RUN_FILES).
+
+class RunClaim:
+    """A run's hold on its output folder, from the checks until the run ends.
+
+    It holds the folder's lock (no other bone_apps run writes there meanwhile). A new run
+    that replaces an earlier one keeps the earlier run's files aside, in a hidden
+    OUT/.bone_apps.previous-PID folder, until it has saved its first checkpoint: `release()`
+    then deletes them; a run that ends before (refused data, options that do not fit, an
+    error, a stop during the checks) leaves the folder exactly as it found it.
+    """
+
+    def __init__(self, out: Path, resume: bool, lock: outputs.OutputLock) -> None:
+        self.out = out
+        self.resume = resume
+        self.lock = lock
+        self.previous: Path | None = None  # the earlier run's files, kept aside
+        self.created: list[Path] = []  # folders this run created (removed when it leaves nothing)
+
+    def release(self) -> None:
+        """End the claim: keep the new run if it saved a checkpoint, else undo everything."""
+        try:
+            if not self.resume:
+                if (self.out / CHECKPOINT).exists():
+                    if self.previous is not None:
+                        outputs.remove(self.previous)
+                else:
+                    _undo(self.out, self.previous)
+                    self.lock.release()  # it lives in the parent, which may be removed below
+                    outputs.remove_empty_dirs(self.created)
+        finally:
+            self.lock.release()
+
+    def abandon(self) -> None:
+        """Before the run wrote anything: put back what was moved aside, release the folder."""
+        try:
+            if self.previous is not None:
+                _undo(self.out, self.previous, remove_new=False)
+        finally:
+            self.lock.release()
+        outputs.remove_empty_dirs(self.created)
+
+
+def _undo(out: Path, previous: Path | None, remove_new: bool = True) -> None:
+    """Remove what a run that saved no checkpoint wrote, and put the earlier run back."""
+    if not out.is_dir():
+        return
+    if remove_new and outputs.read_marker(out) is not None:
+        foreign = outputs.foreign_entries(out)
+        for name in os.listdir(out):
+            if name not in foreign and (previous is None or name != previous.name):
+                outputs.remove(out / name)
+    if previous is not None and previous.is_dir():
+        for name in os.listdir(previous):
+            if not os.path.lexists(out / name):
+                os.replace(previous / name, out / name)
+        outputs.remove_empty_dirs([previous])
+
+
+def _recover(out: Path) -> None:
+    """Runs killed while they kept an earlier run aside: finish what they left (under the lock)."""
+    for name in os.listdir(out):
+        match = outputs._OURS_HIDDEN.match(name)
+        if not (match and match["name"] == "bone_apps" and name.startswith(".bone_apps.previous-")):
+            continue
+        if outputs.pid_alive(int(match["pid"])) and int(match["pid"]) != os.getpid():
+            continue
+        if (out / CHECKPOINT).exists():
+            outputs.remove(out / name)  # the newer run got as far as a checkpoint: it replaced it
+        else:
+            _undo(out, out / name)
+
+
+def prepare_out(out: Path, resume: bool, overwrite: bool) -> RunClaim:
+    """Claim `out` for a run: lock it, then create it or check it may be used.
+
+    `out` must be new, empty, or a run bone_apps wrote (its marker file `.bone_apps.json`).
+    A run is refused unless resuming (which needs its checkpoint) or overwriting (the earlier
+    run is kept aside until the new one saved a checkpoint; see RunClaim). A folder holding
+    anything bone_apps did not write is refused either way and never touched.
+
+    Returns the claim; call its `release()` when the run ends.
 
     Raises:
-        OutputExistsError: the folder holds a run and neither resume nor overwrite was asked.
+        OutputExistsError: the folder holds a run and neither resume nor overwrite was asked,
+            or (ForeignFilesError) it holds files bone_apps did not write.
+        OutputLockedError: another bone_apps run is using the folder.
+        OutputWriteError: the folder cannot be created or written.
     """
     out = Path(out).expanduser()
-    if out.exists() and not out.is_dir():
+    if os.path.lexists(out) and not out.is_dir():
         raise OutputExistsError(f"{out} is a file: choose a folder for --out.")
-    existing = holds_run(out) if out.exists() else []
-    if resume:
-        return out
-    if existing and not overwrite:
-        raise OutputExistsError(
-            f"{out} holds an earlier run ({', '.join(existing)}): continue it with --resume {out}, "
-            "replace it with --overwrite, or choose another --out.")
-    out.mkdir(parents=True, exist_ok=True)
-    for name in existing:
-        (out / name).unlink()
-    return out
+    if resume:  # nothing is removed: the run's own files are continued
+        lock = outputs.OutputLock(out).acquire()
+        return RunClaim(out, True, lock)
+    if out.is_dir() and outputs.read_marker(out) is None:
+        outputs.check_replaceable(out)  # a folder that is not empty and not ours
+    created = outputs.make_dirs(out.parent)
+    try:
+        lock = outputs.OutputLock(out).acquire()
+    except BaseException:
+        outputs.remove_empty_dirs(created)
+        raise
+    claim = RunClaim(out, False, lock)
+    claim.created = created
+    try:
+        claim.created = outputs.make_dirs(out) + created
+        if outputs.read_marker(out) is None:
+            outputs.check_replaceable(out)  # again, under the lock
+        else:
+            _recover(out)
+            outputs.check_replaceable(out)
+            existing = holds_run(out)
+            if existing and not overwrite:
+                raise OutputExistsError(
+                    f"{out} holds an earlier run ({', '.join(existing)}): continue it with "
+                    f"--resume {out}, replace it with --overwrite, or choose another --out.")
+            # The marker first: a run killed half-way leaves a folder that is refused, not emptied.
+            names = sorted(os.listdir(out), key=lambda n: n != outputs.MARKER)
+            if names:
+                claim.previous = out / _PREVIOUS
+                claim.previous.mkdir()
+                for name in names:
+                    os.replace(out / name, claim.previous / name)
+        outputs.write_marker(out, RUN_KIND, RUN_FILES)
+    except OSError as exc:
+        claim.abandon()
+        raise outputs.output_error(exc, out) from None
+    except BaseException:
+        claim.abandon()
+        raise
+    return claim
 
 
 def write_text_atomic(path: Path, text: str) -> Path:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-    return path
+    """Write a run file atomically (temporary name, then rename); one-sentence disk errors."""
+    return outputs.write_atomic(path, text)
 
 
 def write_json(path: Path, data: dict) -> Path:

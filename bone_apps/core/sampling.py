@@ -29,6 +29,7 @@ import numpy as np
 
 from bone_apps.core.choices import parse_choice
 from bone_apps.core.errors import FitConfigError
+from bone_apps.core.labels import LabelMap
 from bone_apps.core.normalize import NormMethod, ScanStats, normalize, value_range
 from bone_apps.core.volume import Volume, open_volume
 
@@ -56,8 +57,8 @@ class AugmentConfig:
     """Augmentation probabilities, the paper's by default (§2.3.1).
 
     Per tile, one geometric transform: horizontal flip, vertical flip, rotation by 90, 180
-    or 270 degrees (equally likely), or none (the remaining probability, 16.8 %). Per batch of
-    normalized patches, independently: a brightness shift U(-brightness, brightness) and a
+    or 270 degrees (equally likely), or none (the remaining probability, 16.8 %). Per
+    normalized patch, independently: a brightness shift U(-brightness, brightness) and a
     contrast scale U(contrast_low, contrast_high); then values are clipped to the
     normalization's range.
     """
@@ -128,7 +129,7 @@ def apply_geometry(array: np.ndarray, geometry: Geometry) -> np.ndarray:
 
 
 def draw_intensity(rng: np.random.Generator, aug: AugmentConfig) -> tuple[float, float]:
-    """(shift, scale) for one batch: each applied with its own probability, else (0, 1)."""
+    """(shift, scale) for one patch: each applied with its own probability, else (0, 1)."""
     shift = rng.uniform(-aug.brightness, aug.brightness) if rng.random() < aug.p_brightness else 0.0
     scale = (rng.uniform(aug.contrast_low, aug.contrast_high)
              if rng.random() < aug.p_contrast else 1.0)
@@ -301,6 +302,8 @@ class PatchBatches:
         augment: augmentation probabilities, or None for none.
         rank, world: this process's share under DDP.
         classes: number of classes (picks the mask type).
+        label_values: the mask value of class 0, 1, ... (labels.LabelMap) when the masks do not
+            hold 0..N-1 (e.g. 0/255); None or 0, 1, ...: mask values are the classes.
     """
 
     cache_factory = SliceCache  # how each process keeps the slices it reads
@@ -317,6 +320,7 @@ class PatchBatches:
         rank: int = 0,
         world: int = 1,
         classes: int = 3,
+        label_values: tuple[int, ...] | None = None,
     ) -> None:
         if not sources:
             raise FitConfigError("no scans on this side of the split.")
@@ -329,6 +333,8 @@ class PatchBatches:
         self.augment = augment if train else None
         self.rank, self.world = rank, world
         self.mask_dtype = np.uint8 if classes <= 256 else np.int16
+        label_map = LabelMap(tuple(label_values)) if label_values else None
+        self.label_lut = None if label_map is None or label_map.is_identity else label_map.lut()
         self.scans = [open_volume(s.scan) for s in sources]
         self.masks = [open_volume(s.mask, role="mask") for s in sources]
         tiles_scan, tiles_z, counts = [], [], []
@@ -452,10 +458,17 @@ class PatchBatches:
             image[j] = apply_geometry(raw, geometry).reshape(image.shape[1:])
             normalize(image[j], self.sources[int(self.tile_scan[tile])].stats, self.norm,
                       out=image[j])
+            if self.label_lut is not None:  # the user's mask values -> classes 0..N-1
+                label = self.label_lut[label]
             mask[j] = apply_geometry(label, geometry)
         if self.augment is not None:
+            # Each patch gets its own brightness and contrast. One draw per batch would be
+            # invisible to batch normalization everywhere except where the network's zero
+            # padding meets the shifted image: the patch border became an intensity
+            # reference that a large prediction window lacks (window-size dependent output).
             rng = np.random.default_rng([self.seed, _BATCH, epoch, b])
-            apply_intensity(image, *draw_intensity(rng, self.augment), self.norm)
+            for j in range(len(rows)):
+                apply_intensity(image[j], *draw_intensity(rng, self.augment), self.norm)
 
     def _draw_tile(self, epoch: int, tile: int) -> tuple[Geometry, list[tuple[int, int]]]:
         """The tile's transform and all its patch corners (same on every worker and rank)."""

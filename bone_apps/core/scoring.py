@@ -19,10 +19,16 @@ from pathlib import Path
 import numpy as np
 
 from bone_apps.core.choices import parse_choice
-from bone_apps.core.errors import BoneAppsError, Cancelled
+from bone_apps.core.errors import BoneAppsError, Cancelled, LabelError
+from bone_apps.core.labels import (
+    MAX_LABEL_VALUES,
+    check_class_names,
+    too_many_values,
+    value_preview,
+    values_of,
+)
 from bone_apps.core.metrics import (
     IoUResult,
-    check_labels,
     confusion_matrix,
     max_label,
     mean_iou_of,
@@ -84,6 +90,13 @@ def _reader(pairs: Sequence[tuple[Volume, Volume]], out: queue.Queue,
         out.put(exc)
 
 
+def _count(ref: np.ndarray, pred: np.ndarray, n: int, lut: np.ndarray | None) -> np.ndarray:
+    """Confusion matrix of labels, or of lut[labels] (mask values -> class indices)."""
+    if lut is not None:
+        ref, pred = lut[ref], lut[pred]
+    return confusion_matrix(ref, pred, n)
+
+
 class _CpuCounter:
     """Confusion matrix of one slice, split over the cores."""
 
@@ -91,12 +104,13 @@ class _CpuCounter:
         self.threads = max(1, threads)
         self.pool = ThreadPoolExecutor(self.threads) if self.threads > 1 else None
 
-    def __call__(self, ref: np.ndarray, pred: np.ndarray, n: int) -> np.ndarray:
+    def __call__(self, ref: np.ndarray, pred: np.ndarray, n: int,
+                 lut: np.ndarray | None = None) -> np.ndarray:
         if self.pool is None or ref.size < 1 << 20:
-            return confusion_matrix(ref, pred, n)
+            return _count(ref, pred, n, lut)
         ref, pred = ref.reshape(-1), pred.reshape(-1)
         bounds = np.linspace(0, ref.size, self.threads + 1).astype(int)
-        parts = [self.pool.submit(confusion_matrix, ref[a:b], pred[a:b], n)
+        parts = [self.pool.submit(_count, ref[a:b], pred[a:b], n, lut)
                  for a, b in zip(bounds[:-1], bounds[1:])]
         return sum(part.result() for part in parts)
 
@@ -111,10 +125,13 @@ class _CudaCounter:
 
         self.torch = torch
 
-    def __call__(self, ref: np.ndarray, pred: np.ndarray, n: int) -> np.ndarray:
+    def __call__(self, ref: np.ndarray, pred: np.ndarray, n: int,
+                 lut: np.ndarray | None = None) -> np.ndarray:
         from bone_apps.core.metrics import confusion_matrix_torch
 
         torch = self.torch
+        if lut is not None:
+            ref, pred = lut[ref], lut[pred]
         r = torch.from_numpy(ref.astype(np.int32, copy=False)).to("cuda", non_blocking=True)
         p = torch.from_numpy(pred.astype(np.int32, copy=False)).to("cuda", non_blocking=True)
         return confusion_matrix_torch(r, p, n).cpu().numpy()
@@ -136,21 +153,30 @@ def score_stacks(
 
     Args:
         reference, prediction: label stacks (folders of TIFF slices or multi-page TIFFs).
-        class_names: names of labels 0, 1, ...; they also declare the classes.
+        class_names: names of labels 0, 1, ...; they also declare the classes. Masks holding
+            other values (e.g. 0/255 with two names) have the values present named in order.
         num_classes: declare the classes without naming them. With neither, every label found
-            counts as a class of its own.
+            counts as a class of its own: labels 0..highest when all are below 64, otherwise
+            only the values present (0/255 masks give two classes, labelled 0 and 255).
         ignore_background: leave label 0 out of the means.
         device: AUTO, CPU or CUDA.
         stop: set it to stop between slices (raises Cancelled).
 
     Raises:
         VolumeError / ShapeMismatchError: unreadable stacks or different shapes.
-        LabelError: a label outside the declared classes.
+        LabelError: labels that do not match the declared classes, or a stack with more than
+            64 distinct values (a scan, not a label mask), refused before any matrix is sized.
     """
     ref = reference if isinstance(reference, Volume) else open_volume(reference, role="mask")
     pred = prediction if isinstance(prediction, Volume) else open_volume(prediction, role="mask")
     check_same_shape(ref, pred, what="prediction")
+    if class_names:
+        class_names = check_class_names(class_names)
     declared = num_classes if num_classes is not None else (len(class_names) if class_names else None)
+    # Labels below `small` are class indices (absent ones between them are listed, as a model's
+    # classes are); a slice with a higher value (e.g. 0/255 masks) is counted by the values it
+    # holds, so only the values present become classes.
+    small = declared or MAX_LABEL_VALUES
     n = declared or 1
     total = ref.shape[0]
     stop = stop or threading.Event()
@@ -160,7 +186,11 @@ def score_stacks(
     reader = threading.Thread(target=_reader, args=([(ref, pred)], slices, halt_reader),
                               name="iou-reader", daemon=True)
     reader.start()
-    per_slice: list[tuple[int, np.ndarray]] = []
+    # Per slice: (the label value of each row/column, confusion matrix).
+    per_slice: list[tuple[tuple[int, ...], np.ndarray]] = []
+    found = {"reference": set(), "prediction": set()}  # values of slices counted by value
+    known: list[int] = []  # sorted values of those slices together
+    lut = np.zeros(1 << 16, dtype=np.uint8)  # value -> index in `known`; len(known): unseen
     try:
         yield ScoreProgress(0, total)
         while True:
@@ -170,12 +200,31 @@ def score_stacks(
             if isinstance(item, BaseException):
                 raise item
             z, ref_slice, pred_slice = item
-            if declared is not None:
-                check_labels(ref_slice, declared, f"reference {ref.path} slice {ref.slice_names[z]}")
-                check_labels(pred_slice, declared, f"prediction {pred.path} slice {pred.slice_names[z]}")
+            top = max(max_label(ref_slice), max_label(pred_slice))
+            if top < small:
+                n = max(n, top + 1)
+                per_slice.append((tuple(range(n)), counter(ref_slice, pred_slice, n)))
             else:
-                n = max(n, max_label(ref_slice) + 1, max_label(pred_slice) + 1)
-            per_slice.append((n, counter(ref_slice, pred_slice, n)))
+                # Values not seen yet count in one extra row/column; when there are any,
+                # they join `known` and the slice is counted again.
+                matrix = counter(ref_slice, pred_slice, len(known) + 1, lut)
+                if matrix[-1].any() or matrix[:, -1].any():
+                    for role, volume, array in (("reference", ref, ref_slice),
+                                                ("prediction", pred, pred_slice)):
+                        found[role] |= set(values_of(array).tolist())
+                        problem = too_many_values(f"{role} {volume.path}", sorted(found[role]),
+                                                  complete=z + 1 == total)
+                        if problem:  # a scan: refused before any matrix is sized from its values
+                            raise LabelError(problem + ".")
+                    known = sorted(found["reference"] | found["prediction"])
+                    if len(known) > MAX_LABEL_VALUES:
+                        raise LabelError(too_many_values(
+                            f"reference {ref.path} and prediction {pred.path} together", known,
+                            complete=z + 1 == total) + ".")
+                    lut[:] = len(known)
+                    lut[known] = np.arange(len(known))
+                    matrix = counter(ref_slice, pred_slice, len(known) + 1, lut)
+                per_slice.append((tuple(known), matrix[:-1, :-1]))
             if stop.is_set():
                 raise Cancelled("scoring was stopped before the last slice.")
             yield ScoreProgress(z + 1, total)
@@ -187,14 +236,38 @@ def score_stacks(
             except queue.Empty:
                 reader.join(timeout=0.05)
         counter.close()
-    confusion = np.zeros((n, n), dtype=np.int64)
+    values = sorted(set(range(n)) | set(known))
+    if declared is not None and values[-1] >= declared:
+        present = {v for labels, matrix in per_slice for v, row, col in
+                   zip(labels, matrix.sum(axis=1), matrix.sum(axis=0)) if row or col}
+        values = _declared_values(sorted(present), declared, found, ref, pred)
+    position = {v: i for i, v in enumerate(values)}
+    confusion = np.zeros((len(values), len(values)), dtype=np.int64)
     slice_iou = []
-    for size, matrix in per_slice:
-        confusion[:size, :size] += matrix
-        slice_iou.append(mean_iou_of(matrix, ignore_background))
-    result = scores_from_confusion(confusion, class_names, ignore_background)
+    for labels, matrix in per_slice:
+        # Labels left out of `values` (declared classes not present) have empty rows/columns.
+        keep = [i for i, v in enumerate(labels) if v in position]
+        index = [position[labels[i]] for i in keep]
+        confusion[np.ix_(index, index)] += matrix[np.ix_(keep, keep)]
+        slice_iou.append(mean_iou_of(matrix, ignore_background and labels[0] == 0))
+    result = scores_from_confusion(confusion, class_names, ignore_background, values)
     return IoUResult(result.classes, result.mean_iou, result.mean_dice, result.voxels,
                      ignore_background, result.confusion, slice_iou)
+
+
+def _declared_values(present: list[int], declared: int, found: dict, ref: Volume,
+                     pred: Volume) -> list[int]:
+    """The classes when labels reach past the declared count: the values present, one per
+    declared class (e.g. names background, bone for 0/255 masks); LabelError otherwise."""
+    if len(present) == declared:
+        return present
+    role, volume = ("prediction", pred) if max(found["prediction"], default=-1) >= declared else (
+        "reference", ref)
+    extra = [v for v in sorted(found[role]) if v >= declared]
+    raise LabelError(
+        f"{role} {volume.path} holds label {value_preview(extra)}, but only {declared} classes "
+        f"(0..{declared - 1}) were declared: give one class name per label value "
+        f"({value_preview(present)}) or check that this is a label mask.")
 
 
 def compute_iou(reference: str | os.PathLike | Volume, prediction: str | os.PathLike | Volume,

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from bone_apps.core.volume import VoxelSize, write_volume
+from bone_apps.core.volume import VoxelSize
+from bone_apps.core.writer import write_volume
 
 BACKGROUND, BONE, PORES = 0, 1, 2
 CLASS_NAMES = ("background", "bone", "pores")
@@ -60,64 +61,95 @@ def _blur(volume: np.ndarray, passes: int) -> np.ndarray:
     return volume
 
 
+def _ellipse(yy: np.ndarray, xx: np.ndarray, cy, cx, ry, rx) -> np.ndarray:
+    """Voxels inside the ellipse (broadcast over z when the centre or radii vary with z)."""
+    return ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1.0
+
+
 def make_sample_scan(
     shape: tuple[int, int, int], rng: np.random.Generator, name: str = "sample",
-    hydrated: bool | None = None, bits: int | None = None,
+    hydrated: bool | None = None, bits: int | None = None, dim: bool | None = None,
 ) -> SampleScan:
     """Generate one scan and its Bone-Pores mask.
+
+    The first bone is large: its medullary cavity is wider than a typical training patch
+    (about 0.4-0.6 of the slice), so what decides bone, pores and background inside it is
+    context, not intensity alone; up to two smaller neighbours sit beside it. Towards the ends
+    the cavity fills with trabecular bone, and a growth plate (cartilage, labelled pores)
+    crosses the bone near one end. Cavities hold marrow (hydrated) or dried residue slightly
+    denser than the air around the bone.
 
     Args:
         shape: (Z, Y, X) in voxels.
         rng: the random generator that decides everything about the scan.
         hydrated: soft tissue in the cavities and around the bones; random if None.
         bits: 8 or 16; random if None.
+        dim: low bone contrast and more noise (an under-exposed scan); random if None.
     """
     nz, ny, nx = shape
     hydrated = bool(rng.random() < 0.5) if hydrated is None else hydrated
     bits = int(rng.choice([8, 16])) if bits is None else bits
+    dim = bool(rng.random() < 0.3) if dim is None else dim
     mask = np.zeros(shape, dtype=np.uint8)
     envelope = np.zeros(shape, dtype=bool)
     zz = np.arange(nz, dtype=np.float32)[:, None, None]
     yy = np.arange(ny, dtype=np.float32)[None, :, None]
     xx = np.arange(nx, dtype=np.float32)[None, None, :]
-    size = min(ny, nx)
-    n_bones = int(rng.integers(1, 4))
-    trabecular = _smooth_field(shape, rng, cell=max(3, size // 40)) > 0.55
-    # Closely packed bones side by side along x, with a small gap.
-    centres_x = np.linspace(0.5, 0.5, 1) if n_bones == 1 else np.linspace(0.28, 0.72, n_bones)
-    for i in range(n_bones):
-        outer_a = size * rng.uniform(0.16, 0.24) / max(1, n_bones * 0.7)
-        outer_b = outer_a * rng.uniform(0.75, 1.0)
-        cortex = outer_a * rng.uniform(0.22, 0.4)
-        cy = ny * rng.uniform(0.4, 0.6) + rng.uniform(-2, 2) * zz / max(1, nz)
-        cx = nx * centres_x[i] + rng.uniform(-3, 3) * zz / max(1, nz)
-        # Long bones flare towards the ends (metaphyses).
-        flare = 1 + 0.25 * (np.abs(zz - nz / 2) / max(1, nz / 2)) ** 2
-        r_out = ((yy - cy) / (outer_b * flare)) ** 2 + ((xx - cx) / (outer_a * flare)) ** 2
-        r_in = ((yy - cy) / (outer_b * flare - cortex)) ** 2 + ((xx - cx) / (outer_a * flare - cortex)) ** 2
-        inside, cavity = r_out <= 1, r_in <= 1
-        near_end = np.abs(zz - nz / 2) > nz * rng.uniform(0.25, 0.4)
+    size = float(min(ny, nx))
+    trabecular = _smooth_field(shape, rng, cell=max(3, int(size) // 32)) > 0.52
+    mid = nz / 2
+    # Long bones flare towards the ends (metaphyses).
+    flare = 1 + 0.2 * (np.abs(zz - mid) / max(1.0, mid)) ** 2
+    # The large bone, then up to two small neighbours in free corners.
+    n_small = int(rng.integers(0, 3))
+    big_r = size * rng.uniform(0.27, 0.33)
+    bones = [(ny * rng.uniform(0.45, 0.55), nx * rng.uniform(0.42, 0.5), big_r)]
+    corners = [(0.17, 0.83), (0.83, 0.83), (0.2, 0.17), (0.8, 0.15)]
+    for k in rng.permutation(len(corners))[:n_small]:
+        fy, fx = corners[int(k)]
+        bones.append((ny * fy, nx * fx, size * rng.uniform(0.08, 0.12)))
+    plate_z = int(nz * rng.choice([0.12, 0.88])) if nz >= 8 else -1
+    for i, (cy0, cx0, radius) in enumerate(bones):
+        a = radius * rng.uniform(0.85, 1.0)
+        b = radius * rng.uniform(0.8, 1.0)
+        cortex = radius * rng.uniform(0.14, 0.24)
+        cy = cy0 + rng.uniform(-2, 2) * zz / max(1, nz)
+        cx = cx0 + rng.uniform(-2, 2) * zz / max(1, nz)
+        # An eccentric cavity: the cortex is thicker on one side, as in real diaphyses.
+        shift = cortex * 0.35
+        angle = rng.uniform(0, 2 * np.pi)
+        inside = _ellipse(yy, xx, cy, cx, b * flare, a * flare)
+        cavity = _ellipse(yy, xx, cy + shift * np.sin(angle), cx + shift * np.cos(angle),
+                          b * flare - cortex, a * flare - cortex)
+        near_end = np.abs(zz - mid) > nz * rng.uniform(0.28, 0.38)
         mask[inside] = BONE
         mask[cavity & ~(near_end & trabecular)] = PORES
-        envelope |= r_out <= 1.6
+        if i == 0 and plate_z >= 0:
+            plate = (np.abs(zz - plate_z) <= max(1, nz // 24)) & inside
+            mask[plate & ~_ellipse(yy, xx, cy, cx, b * flare - 1.5, a * flare - 1.5)] = BONE
+            mask[plate & _ellipse(yy, xx, cy, cx, b * flare - 1.5, a * flare - 1.5)] = PORES
+        envelope |= _ellipse(yy, xx, cy, cx, b * flare * 1.35, a * flare * 1.35)
     # Cortical pores: small canals running along z through the bone.
-    n_canals = int(rng.integers(3, 10)) * n_bones
+    n_canals = int(rng.integers(4, 12)) * len(bones)
     for _ in range(n_canals):
         py, px, radius = rng.uniform(0, ny), rng.uniform(0, nx), rng.uniform(0.8, 1.8)
         canal = ((yy - py) ** 2 + (xx - px) ** 2 <= radius**2) & (mask == BONE)
         mask[np.broadcast_to(canal, shape)] = PORES
-    # Intensities: air, soft tissue, bone, with blur, noise and slow beam-hardening shading.
-    air, soft, bone = 0.08, 0.32, rng.uniform(0.72, 0.85)
+    # Intensities: air, soft tissue, marrow (or dried residue), bone; blur, noise, shading.
+    air, soft = 0.06, 0.30
+    marrow = 0.38 if hydrated else 0.13
+    bone = rng.uniform(0.42, 0.52) if dim else rng.uniform(0.68, 0.85)
     image = np.full(shape, air, dtype=np.float32)
     if hydrated:
         image[envelope] = soft
-    image[mask == PORES] = soft if hydrated else air
+    image[mask == PORES] = marrow
     image[mask == BONE] = bone
-    image *= 1 - 0.08 * _smooth_field(shape, rng, cell=max(4, size // 4))
-    image = _blur(image, passes=1)
-    image += rng.normal(0.0, rng.uniform(0.025, 0.05), size=shape).astype(np.float32)
+    image *= 1 - 0.1 * _smooth_field(shape, rng, cell=max(4, int(size) // 4))
+    image = _blur(image, passes=int(rng.integers(1, 3)))
+    noise = rng.uniform(0.05, 0.07) if dim else rng.uniform(0.02, 0.045)
+    image += rng.normal(0.0, noise, size=shape).astype(np.float32)
     np.clip(image, 0.0, 1.0, out=image)
-    scale = 255.0 if bits == 8 else 60000.0
+    scale = 255.0 if bits == 8 else (30000.0 if dim else 60000.0)
     scan = (image * scale).astype(np.uint8 if bits == 8 else np.uint16)
     voxel_um = float(rng.choice([6.0, 12.5, 20.0, 35.0]))
     return SampleScan(name, scan, mask, VoxelSize(voxel_um, voxel_um, voxel_um), hydrated)
@@ -133,6 +165,10 @@ def write_sample_dataset(
     always gives the same scans.
     """
     out = Path(out).expanduser()
+    from bone_apps.core.outputs import claim_folder
+
+    # New, empty, or a dataset bone_apps wrote; each scan is replaced only if ours (overwrite).
+    claim_folder(out, "dataset", ("scans", "masks"), overwrite)
     (out / "scans").mkdir(parents=True, exist_ok=True)
     (out / "masks").mkdir(parents=True, exist_ok=True)
     ids = []

@@ -1,19 +1,24 @@
-"""Scans and masks on disk: lazy reading of TIFF stacks and a streaming, atomic writer.
+"""Scans and masks on disk: lazy reading of TIFF stacks (writing: core/writer.py).
 
 A volume is either a folder of 2D TIFF slices or one multi-page / 3D TIFF file (plain,
-ImageJ hyperstack or OME-TIFF). Opening reads headers only; reading a slice or a z-range
-reads only those bytes, straight from the file when the pixels are stored uncompressed.
+ImageJ hyperstack or OME-TIFF, BigTIFF or not, in strips or tiles, uncompressed or
+compressed with any codec tifffile + imagecodecs decode). Opening reads headers only;
+reading a slice or a z-range reads only those bytes, straight from the file when the pixels
+are stored uncompressed. A file is refused rather than read in part: several series, pages
+of different sizes, channels or time points, or a broken chain of pages.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import re
-import shutil
 import threading
 import xml.etree.ElementTree as ET
+from collections import Counter
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,13 +26,20 @@ import numpy as np
 import tifffile
 
 from bone_apps.core.errors import ShapeMismatchError, VolumeError
+from bone_apps.core.outputs import MARKER
 
 TIFF_SUFFIXES = (".tif", ".tiff")
 SCAN_DTYPES = (np.dtype(np.uint8), np.dtype(np.uint16), np.dtype(np.int16), np.dtype(np.float32))
 MASK_DTYPES = (np.dtype(np.uint8), np.dtype(np.uint16))
-# Axes tifffile uses for the image plane and for samples (colour channels) of one pixel.
+# Axes tifffile uses for the image plane and for the slices of a stack (Z; Q and I: unnamed).
 _PLANE_AXES = ("Y", "X")
-_CHANNEL_AXES = ("S", "C")
+_DEPTH_AXES = ("Z", "Q", "I")
+# What messages call the other axes of ImageJ hyperstacks and OME-TIFF (tifffile's letters).
+_AXIS_NAMES = {
+    "T": "time points", "C": "channels", "S": "samples per pixel", "E": "wavelengths",
+    "P": "positions", "R": "tiles", "M": "mosaic tiles", "A": "angles", "H": "lifetime bins",
+    "L": "exposures", "V": "phases",
+}
 _UNIT_TO_UM = {
     "um": 1.0, "micron": 1.0, "microns": 1.0, "\u00b5m": 1.0, "\u03bcm": 1.0, "micrometer": 1.0,
     "nm": 1e-3, "mm": 1e3, "cm": 1e4, "m": 1e6, "inch": 25400.0,
@@ -54,8 +66,19 @@ def natural_key(name: str) -> list:
     return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", name)]
 
 
-def _is_tiff(path: Path) -> bool:
+def is_tiff_path(path: Path) -> bool:
     return path.suffix.lower() in TIFF_SUFFIXES
+
+
+def _size(shape: Sequence[int]) -> str:
+    """A shape as messages write it: '16x64x64' (numpy order: slices x height x width)."""
+    return "x".join(str(int(s)) for s in shape)
+
+
+def _short(exc: BaseException) -> str:
+    """An exception's text cut to one line that fits in a message."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= 120 else text[:117] + "..."
 
 
 @dataclass
@@ -75,7 +98,8 @@ class Volume:
         dtype: pixel type (native byte order).
         voxel_size: micrometres per voxel, or None when the files do not say.
         slice_names: one file name per slice (synthesised for a multi-page file).
-        skipped: names of files in the folder that were not TIFF and were ignored.
+        skipped: names of files in the folder that were left out: not TIFF, hidden (.DS_Store,
+            macOS '._*' companions) or links to nothing.
     """
 
     def __init__(
@@ -153,27 +177,41 @@ class Volume:
         if not 0 <= z < self.shape[0]:
             raise IndexError(f"slice {z} is outside 0..{self.shape[0] - 1} of {self.path}")
         path, offset = self._raw_location(z)
+        where = self._describe_slice(z)
         plane = self.shape[1] * self.shape[2]
         try:
             if offset is not None:
                 data = np.fromfile(path, dtype=self._stored_dtype, count=plane, offset=offset)
                 if data.size != plane:
-                    raise VolumeError(f"{path} is truncated: re-export or copy the file again.")
+                    raise VolumeError(f"{where} is cut short (the file is truncated): "
+                                      "copy the file again or re-export it.")
                 data = data.reshape(self.shape[1:])
             elif self._slice_files is not None:
                 data = tifffile.imread(path, key=0)
             else:
                 data = self._read_page(z)
-        except (OSError, ValueError, tifffile.TiffFileError) as exc:
-            if isinstance(exc, VolumeError):
-                raise
-            raise VolumeError(f"{path} could not be read ({exc}): check the file or re-export it.") from exc
+        except VolumeError:
+            raise
+        except ImportError as exc:  # a codec tifffile needs is missing (imagecodecs)
+            raise VolumeError(f"{where} is compressed in a way that needs the imagecodecs package "
+                              f"({exc}): run 'pip install imagecodecs'.") from exc
+        except (OSError, ValueError, IndexError, RuntimeError, tifffile.TiffFileError) as exc:
+            # RuntimeError: imagecodecs' decoders (LZW, Deflate, JPEG, zstd) on damaged data.
+            raise VolumeError(f"{where} cannot be decoded ({_short(exc)}): the file is damaged or "
+                              "truncated, so copy it again or re-export it.") from exc
         if data.shape != self.shape[1:]:
-            raise VolumeError(f"{path} holds a {data.shape} image where {self.shape[1:]} was expected.")
+            raise VolumeError(f"{where} holds a {_size(data.shape)} image where "
+                              f"{_size(self.shape[1:])} was expected: re-export the scan.")
         if out is None:
             return data.astype(self.dtype, copy=False)
         out[...] = data
         return out
+
+    def _describe_slice(self, z: int) -> str:
+        """How a message names slice z: its file in a folder, "slice N of FILE" (from 1) otherwise."""
+        if self._slice_files is not None:
+            return str(self._slice_files[z].path)
+        return f"slice {z + 1} of {self.path}"
 
     def _raw_location(self, z: int) -> tuple[Path, int | None]:
         """The file holding slice z and the byte offset of its raw pixels (None if compressed)."""
@@ -204,7 +242,7 @@ class Volume:
         with self._lock:
             if self._tiff is None:
                 self._tiff = tifffile.TiffFile(self.path)
-            series = self._tiff.series[0]
+            series = next(s for s in self._tiff.series if not _is_thumbnail(s))
             return series.pages[z].asarray()
 
     def read_slab(self, z0: int, z1: int) -> np.ndarray:
@@ -226,12 +264,31 @@ class Volume:
 
 
 def list_tiff_files(folder: Path) -> tuple[list[Path], list[str]]:
-    """TIFF files of a folder in natural order, and the names of other files skipped."""
+    """TIFF files of a folder in natural order, and the names of other files skipped.
+
+    Skipped (and named in the second list): files that are not TIFF, hidden files such as
+    .DS_Store, macOS AppleDouble companions ('._slice.tif') and links to nothing that are
+    not named like a TIFF. Sub-folders and the marker file bone_apps writes are left out silently.
+
+    Raises:
+        VolumeError: a link named like a TIFF slice points to a file that does not exist.
+    """
     tiffs, skipped = [], []
     for entry in os.scandir(folder):
-        if not entry.is_file() or entry.name.startswith("."):
+        if entry.name.startswith("."):  # hidden, including AppleDouble '._*' files
+            if entry.name != MARKER and not entry.is_dir():
+                skipped.append(entry.name)
             continue
-        (tiffs if _is_tiff(Path(entry.name)) else skipped).append(entry.name)
+        if entry.is_symlink() and not os.path.exists(entry.path):
+            if is_tiff_path(Path(entry.name)):
+                raise VolumeError(
+                    f"{folder / entry.name} is a link to {os.readlink(entry.path)}, which does not "
+                    "exist: copy the real slice into the folder or remove the link.")
+            skipped.append(entry.name)
+            continue
+        if not entry.is_file():
+            continue
+        (tiffs if is_tiff_path(Path(entry.name)) else skipped).append(entry.name)
     tiffs.sort(key=natural_key)
     return [folder / name for name in tiffs], sorted(skipped)
 
@@ -245,14 +302,15 @@ def open_volume(path: str | os.PathLike, role: str = "scan") -> Volume:
 
     Raises:
         VolumeError: the path is missing, empty, holds no TIFF, mixes shapes or types, is
-            corrupt, RGB, or of an unsupported pixel type.
+            corrupt or truncated, RGB or multi-sample, holds several series or a hyperstack
+            with channels or time points, or is of an unsupported pixel type.
     """
     path = Path(path).expanduser()
     if not path.exists():
         raise VolumeError(f"{path} does not exist: check the path.")
     if path.is_dir():
         volume = _open_folder(path)
-    elif _is_tiff(path):
+    elif is_tiff_path(path):
         volume = _open_file(path)
     else:
         raise VolumeError(f"{path} is not a TIFF file or a folder of TIFF slices: choose one of those.")
@@ -275,19 +333,18 @@ def _open_folder(folder: Path) -> Volume:
             raise VolumeError(f"{folder} holds no TIFF slices ({len(skipped)} other files): "
                               "choose the folder with the .tif slices.")
         raise VolumeError(f"{folder} is empty: choose the folder with the .tif slices.")
-    first = _header(files[0])
-    shape2d, dtype, byteorder = first["shape"], first["dtype"], first["byteorder"]
-    slice_files = []
+    infos = []
     for file in files:
-        info = first if file is files[0] else _header(file)
+        info = _header(file)
         if info["pages"] > 1:
             raise VolumeError(f"{file} holds {info['pages']} images, not one slice: keep one "
                               "slice per file, or open the multi-page file on its own.")
-        if info["shape"] != shape2d or info["dtype"] != dtype:
-            raise VolumeError(
-                f"{file} is {info['shape'][1]}x{info['shape'][0]} {info['dtype']} but {files[0].name} "
-                f"is {shape2d[1]}x{shape2d[0]} {dtype}: the folder mixes slices of different scans; "
-                "keep one scan per folder.")
+        infos.append(info)
+    _check_slices_match(files, infos)
+    first = infos[0]
+    shape2d, dtype, byteorder = first["shape"], first["dtype"], first["byteorder"]
+    slice_files = []
+    for file, info in zip(files, infos):
         offset = info["offset"] if info["byteorder"] == byteorder else None
         slice_files.append(_SliceFile(file, offset))
     return Volume(
@@ -303,49 +360,143 @@ def _open_folder(folder: Path) -> Volume:
     )
 
 
+def _check_slices_match(files: list[Path], infos: list[dict]) -> None:
+    """Raise VolumeError naming a slice whose size or type differs from most of the others."""
+    kinds = Counter((info["shape"], info["dtype"]) for info in infos)
+    if len(kinds) == 1:
+        return
+    (shape2d, dtype), count = kinds.most_common(1)[0]
+    odd = [(f, i) for f, i in zip(files, infos) if (i["shape"], i["dtype"]) != (shape2d, dtype)]
+    file, info = odd[0]
+    more = f" (and {len(odd) - 1} more file(s))" if len(odd) > 1 else ""
+    raise VolumeError(
+        f"{file} is {_size(info['shape'])} {info['dtype']}{more} but {count} of the {len(files)} "
+        f"slices are {_size(shape2d)} {dtype} (height x width): the folder mixes slices of "
+        "different scans; keep one scan per folder.")
+
+
 def _header(file: Path) -> dict:
     """Shape, type, storage and voxel size of a single-slice TIFF, from its header."""
     try:
-        with tifffile.TiffFile(file) as tif:
-            page = tif.pages.first
-            series = tif.series[0]
-            _reject_channels(file, series.axes, series.shape)
-            shape = tuple(int(s) for s in page.shape if s != 1) if page.ndim > 2 else page.shape
+        with _tifffile_errors() as damage, tifffile.TiffFile(file) as tif:
+            series, depth, _ = _main_series(file, tif, damage)
+            page = series.pages[0]
             offset = int(page.dataoffsets[0]) if page.is_memmappable and page.dataoffsets else None
             return {
-                "shape": tuple(int(s) for s in shape[-2:]),
+                "shape": tuple(int(s) for s in _plane_shape(file, series)),
                 "dtype": np.dtype(page.dtype).newbyteorder("="),
                 "byteorder": tif.byteorder,
                 "offset": offset,
-                "pages": len(tif.pages),
+                "pages": depth,
                 "voxel_size": _voxel_size(tif),
             }
-    except (OSError, ValueError, IndexError, tifffile.TiffFileError) as exc:
+    except (OSError, ValueError, IndexError, RuntimeError, tifffile.TiffFileError) as exc:
         if isinstance(exc, VolumeError):
             raise
-        raise VolumeError(f"{file} is not a readable TIFF ({exc}): re-export it or remove it.") from exc
+        raise VolumeError(
+            f"{file} is not a readable TIFF ({_short(exc)}): re-export it or remove it.") from exc
 
 
-def _reject_channels(file: Path, axes: str, shape: Sequence[int]) -> None:
-    for axis, size in zip(axes, shape):
-        if axis in _CHANNEL_AXES and size > 1:
-            raise VolumeError(
-                f"{file} has {size} colour channels (RGB): micro-CT scans and masks are "
-                "single-channel, so export it as 8- or 16-bit greyscale.")
+# Messages tifffile logs (instead of raising) when the chain of pages in a file is broken.
+_DAMAGE_LOGS = ("invalid page offset", "invalid offset to page", "corrupted tag list",
+                "circular reference", "failed to reshape")
+
+
+class _DamageLog(logging.Handler):
+    """Collects this thread's tifffile log lines that say a file is truncated or damaged."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.thread = threading.get_ident()
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if record.thread == self.thread and any(key in message for key in _DAMAGE_LOGS):
+            self.messages.append(message.split("> ", 1)[-1])
+
+
+@contextmanager
+def _tifffile_errors() -> Iterator[list[str]]:
+    """Within the block, the list fills with tifffile's complaints about a damaged page chain."""
+    log = logging.getLogger("tifffile")
+    handler = _DamageLog()
+    log.addHandler(handler)
+    try:
+        yield handler.messages
+    finally:
+        log.removeHandler(handler)
+
+
+def _is_thumbnail(series: tifffile.TiffPageSeries) -> bool:
+    """Whether a series holds only reduced-resolution copies (previews, not data)."""
+    return bool(getattr(series.keyframe, "is_reduced", False))  # NewSubfileType bit 0
+
+
+def _main_series(file: Path, tif: tifffile.TiffFile,
+                 damage: list[str]) -> tuple[tifffile.TiffPageSeries, int, tuple[int, int]]:
+    """The one image series of a file, its number of slices and its (Y, X).
+
+    Reduced-resolution images (thumbnails, pyramid levels) are ignored; any other second
+    series, pages no series accounts for, or a broken page chain is refused rather than
+    read in part.
+    """
+    pages = len(tif.pages)  # walks the whole page chain, so a truncated file shows here
+    if damage:
+        raise VolumeError(f"{file} is truncated or damaged after page {pages} ({_short(damage[0])}): "
+                          "copy the file again or re-export it.")
+    found = [s for s in tif.series if not _is_thumbnail(s)]
+    if not found:
+        raise VolumeError(f"{file} is not a readable TIFF (no image found in it): re-export it.")
+    if len(found) > 1:
+        if all(s.kind == "generic" for s in found):
+            kinds = ", ".join(f"{len(s.pages)} of {_size(s.shape[-2:])} {s.dtype}" for s in found)
+            raise VolumeError(f"{file} mixes pages of different sizes or types ({kinds}): export the "
+                              "slices of one scan as their own file.")
+        kinds = " and ".join(f"{_size(s.shape)} {s.dtype}" for s in found)
+        raise VolumeError(f"{file} holds {len(found)} series ({kinds}): export the one to use as "
+                          "its own file.")
+    series = found[0]
+    # Pages the series' shapes account for (tifffile's page lists may hold more than they use).
+    in_series = sum(s.size // max(1, s.keyframe.size) for s in tif.series)
+    if in_series < pages:
+        kind = {"imagej": "ImageJ", "ome": "OME", "shaped": "tifffile"}.get(series.kind, series.kind)
+        raise VolumeError(f"{file} has {pages} pages but its {kind} metadata describes only "
+                          f"{in_series}: re-export it as a plain stack.")
+    plane = _plane_shape(file, series)
+    depth = math.prod(int(s) for a, s in zip(series.axes, series.shape) if a not in _PLANE_AXES)
+    return series, depth, plane
+
+
+def _plane_shape(file: Path, series: tifffile.TiffPageSeries) -> tuple[int, int]:
+    """(Y, X) of a series after checking that every other axis is a depth axis (Z)."""
+    extra = {a: int(s) for a, s in zip(series.axes, series.shape)
+             if a not in _PLANE_AXES + _DEPTH_AXES and s > 1}
+    if "S" in extra or ("C" in extra and series.keyframe.photometric == tifffile.PHOTOMETRIC.RGB):
+        samples = extra.get("S", extra.get("C"))
+        colour = " (RGB colour)" if series.keyframe.photometric == tifffile.PHOTOMETRIC.RGB else ""
+        raise VolumeError(
+            f"{file} has {samples} samples per pixel{colour}: micro-CT scans and masks are "
+            "single-channel, so export it as 8- or 16-bit greyscale.")
+    if extra:
+        found = " and ".join(f"{size} {_AXIS_NAMES.get(axis, 'entries along axis ' + axis)} ({axis})"
+                             for axis, size in extra.items())
+        raise VolumeError(
+            f"{file} is a hyperstack with {found} (axes {series.axes}, {_size(series.shape)}): "
+            "export one channel at one time point as a Z stack (Fiji: Image > Duplicate), or, if "
+            "these are really the slices, make them slices with Image > Hyperstacks > Re-order Hyperstacks.")
+    plane_axes = [i for i, a in enumerate(series.axes) if a in _PLANE_AXES]
+    if len(plane_axes) != 2:
+        raise VolumeError(f"{file} has axes {series.axes}, not an image stack: "
+                          "export it as a stack of 2D greyscale slices.")
+    y, x = (int(series.shape[i]) for i in plane_axes)
+    return y, x
 
 
 def _open_file(file: Path) -> Volume:
     try:
-        with tifffile.TiffFile(file) as tif:
-            series = tif.series[0]
-            _reject_channels(file, series.axes, series.shape)
-            plane_axes = [i for i, a in enumerate(series.axes) if a in _PLANE_AXES]
-            if len(plane_axes) != 2:
-                raise VolumeError(f"{file} has axes {series.axes}, not an image stack: "
-                                  "export it as a stack of 2D greyscale slices.")
-            y, x = (int(series.shape[i]) for i in plane_axes)
-            depth = math.prod(int(s) for a, s in zip(series.axes, series.shape)
-                              if a not in _PLANE_AXES + _CHANNEL_AXES)
+        with _tifffile_errors() as damage, tifffile.TiffFile(file) as tif:
+            series, depth, (y, x) = _main_series(file, tif, damage)
             dtype = np.dtype(series.dtype)
             offset = series.dataoffset
             if offset is not None and series.pages[0] is not None and series.pages[0].compression != 1:
@@ -362,10 +513,10 @@ def _open_file(file: Path) -> Volume:
                 stored_dtype=dtype.newbyteorder(tif.byteorder),
                 series_offset=None if offset is None else int(offset),
             )
-    except (OSError, ValueError, IndexError, tifffile.TiffFileError) as exc:
+    except (OSError, ValueError, IndexError, RuntimeError, tifffile.TiffFileError) as exc:
         if isinstance(exc, VolumeError):
             raise
-        raise VolumeError(f"{file} is not a readable TIFF ({exc}): re-export it.") from exc
+        raise VolumeError(f"{file} is not a readable TIFF ({_short(exc)}): re-export it.") from exc
 
 
 # ----------------------------------------------------------------------------------------------
@@ -447,156 +598,3 @@ def check_same_shape(first: Volume, second: Volume, what: str = "mask") -> None:
         raise ShapeMismatchError(
             f"{second.path} is {sz}x{sy}x{sx} (slices x height x width) but {first.path} is "
             f"{fz}x{fy}x{fx}: choose the {what} that belongs to this scan.")
-
-
-# ----------------------------------------------------------------------------------------------
-# Writing
-
-
-def _partial_name(target: Path) -> Path:
-    return target.with_name(f".{target.name}.partial-{os.getpid()}")
-
-
-class VolumeWriter:
-    """Stream a label or image volume to disk slice by slice, atomically.
-
-    Slices are written in order into a hidden temporary sibling of `target`; `commit()` (or
-    leaving the `with` block without an error) renames it to `target`. On an error or
-    `abort()`, the temporary output is removed and `target` is untouched.
-
-    Args:
-        target: a folder (written as one TIFF per slice) or a path ending in .tif/.tiff
-            (written as one multi-page TIFF, BigTIFF when larger than 4 GB).
-        shape: (Z, Y, X) of the volume.
-        dtype: pixel type to store.
-        slice_names: file names of the slices (a folder target only); `slice_0000.tif`... if None.
-        voxel_size: stored in the files' resolution and ImageJ metadata.
-        overwrite: replace an existing target; otherwise an existing target is an error.
-        compression: tifffile compression name (e.g. "zlib"), or None for uncompressed.
-    """
-
-    def __init__(
-        self,
-        target: str | os.PathLike,
-        shape: tuple[int, int, int],
-        dtype: np.dtype | type,
-        slice_names: Sequence[str] | None = None,
-        voxel_size: VoxelSize | None = None,
-        overwrite: bool = False,
-        compression: str | None = None,
-    ) -> None:
-        from bone_apps.core.errors import OutputExistsError
-
-        self.target = Path(target).expanduser()
-        self.shape = tuple(int(s) for s in shape)
-        self.dtype = np.dtype(dtype)
-        self.voxel_size = voxel_size
-        self.overwrite = overwrite
-        self.compression = compression
-        self.multipage = _is_tiff(self.target)
-        if self.target.exists() and not overwrite:
-            raise OutputExistsError(
-                f"{self.target} already exists: choose another output or allow overwriting.")
-        if not self.target.parent.exists():
-            raise VolumeError(f"{self.target.parent} does not exist: create it or choose another output.")
-        if slice_names is not None and len(slice_names) != self.shape[0]:
-            raise ValueError(f"{len(slice_names)} slice names for {self.shape[0]} slices")
-        self.slice_names = list(slice_names) if slice_names else [
-            f"slice_{z:04d}.tif" for z in range(self.shape[0])]
-        self.partial = _partial_name(self.target)
-        self._remove(self.partial)
-        self.written = 0
-        self._writer: tifffile.TiffWriter | None = None
-        if self.multipage:
-            bigtiff = math.prod(self.shape) * self.dtype.itemsize > 2**32 - 2**25
-            self._writer = tifffile.TiffWriter(self.partial, bigtiff=bigtiff)
-        else:
-            self.partial.mkdir()
-
-    def _tiff_kwargs(self) -> dict:
-        kwargs: dict = {"compression": self.compression, "photometric": "minisblack"}
-        if self.voxel_size is not None:
-            vs = self.voxel_size
-            # Resolution in pixels per centimetre: the unit every TIFF reader knows.
-            kwargs["resolution"] = (1e4 / vs.x, 1e4 / vs.y)
-            kwargs["resolutionunit"] = "CENTIMETER"
-        return kwargs
-
-    def write(self, slice_: np.ndarray) -> None:
-        """Append the next (Y, X) slice."""
-        if self.written >= self.shape[0]:
-            raise ValueError(f"all {self.shape[0]} slices of {self.target} are already written")
-        if slice_.shape != self.shape[1:]:
-            raise ValueError(f"slice of shape {slice_.shape}; expected {self.shape[1:]}")
-        data = np.ascontiguousarray(slice_, dtype=self.dtype)
-        kwargs = self._tiff_kwargs()
-        meta = None
-        if self.voxel_size is not None:
-            meta = {"spacing": self.voxel_size.z / 1e4, "unit": "cm"}
-        if self._writer is not None:
-            shaped = {"shape": list(self.shape)}
-            if meta:
-                shaped.update(meta)
-            self._writer.write(data, contiguous=True, metadata=shaped, **kwargs)
-        else:
-            tifffile.imwrite(self.partial / self.slice_names[self.written], data,
-                             metadata=meta, **kwargs)
-        self.written += 1
-
-    def commit(self) -> Path:
-        """Finish and move the output to its final name; returns that name."""
-        if self.written != self.shape[0]:
-            raise VolumeError(f"only {self.written} of {self.shape[0]} slices of {self.target} "
-                              "were written; the output was not saved.")
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
-        if self.target.exists():
-            if not self.overwrite:
-                from bone_apps.core.errors import OutputExistsError
-
-                raise OutputExistsError(f"{self.target} appeared while writing: choose another output.")
-            old = self.target.with_name(f".{self.target.name}.old-{os.getpid()}")
-            os.replace(self.target, old)
-            os.replace(self.partial, self.target)
-            self._remove(old)
-        else:
-            os.replace(self.partial, self.target)
-        return self.target
-
-    def abort(self) -> None:
-        """Remove the temporary output; the target is left as it was."""
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
-        self._remove(self.partial)
-
-    @staticmethod
-    def _remove(path: Path) -> None:
-        if path.is_dir():
-            shutil.rmtree(path, ignore_errors=True)
-        elif path.exists():
-            path.unlink()
-
-    def __enter__(self) -> VolumeWriter:
-        return self
-
-    def __exit__(self, exc_type: type | None, *exc: object) -> None:
-        if exc_type is None:
-            self.commit()
-        else:
-            self.abort()
-
-
-def write_volume(
-    target: str | os.PathLike,
-    data: np.ndarray,
-    slice_names: Sequence[str] | None = None,
-    voxel_size: VoxelSize | None = None,
-    overwrite: bool = False,
-) -> Path:
-    """Write a whole (Z, Y, X) array; for small volumes (tests, sample scans)."""
-    with VolumeWriter(target, data.shape, data.dtype, slice_names, voxel_size, overwrite) as writer:
-        for slice_ in data:
-            writer.write(slice_)
-    return writer.target

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bone_apps.core.errors import WeightsError
+from bone_apps.core.labels import LabelMap
 
 if TYPE_CHECKING:
     import torch
@@ -137,6 +138,11 @@ def load_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any failure here means "not our file"
+        if _damaged_zip(path):
+            raise WeightsError(
+                f"{path} is incomplete or damaged (it ends too early or its contents do not "
+                "add up, e.g. a copy or download that was cut short); it was not loaded: copy "
+                "it again or choose another weights file.") from None
         reason = "it contains code or objects that are not plain data" if (
             "weights_only" in str(exc) or "Unsupported global" in str(exc)) else str(exc).split("\n")[0]
         raise WeightsError(
@@ -153,7 +159,8 @@ def load_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
         raise WeightsError(f"{path} has an unknown format {fmt!r}: choose a weights file written "
                            "by bone fit.")
     state, meta = payload.get("state_dict"), payload.get("meta")
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+    if (not isinstance(state, dict) or not state
+            or not all(isinstance(v, torch.Tensor) for v in state.values())):
         raise WeightsError(f"{path} has no usable parameters: fit the model again.")
     if not isinstance(meta, dict):
         raise WeightsError(f"{path} has no metadata: fit the model again with bone fit.")
@@ -161,7 +168,67 @@ def load_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
     if missing:
         raise WeightsError(f"{path} lacks metadata ({', '.join(missing)}): fit the model again "
                            "with this version of bone fit.")
+    _check_parameters(path, state, meta)
     return state, meta
+
+
+def _damaged_zip(path: Path) -> bool:
+    """True for a PyTorch (zip) file that cannot be read to the end: truncated or corrupted."""
+    import zipfile
+
+    try:
+        with open(path, "rb") as file:
+            if file.read(4) != b"PK\x03\x04":
+                return False
+        with zipfile.ZipFile(path) as archive:
+            return archive.testzip() is not None
+    except (OSError, zipfile.BadZipFile, EOFError, ValueError):
+        return True
+
+
+def _in_channels_of(state: dict) -> int | None:
+    """Input channels of the network's first convolution: the first tensor of 4 or 5
+    dimensions (out, in, kh, kw[, kd]) in registration order, which is the stem."""
+    for value in state.values():
+        if value.ndim in (4, 5) and value.is_floating_point():
+            return int(value.shape[1])
+    return None
+
+
+def _check_parameters(path: Path, state: dict, meta: dict) -> None:
+    """Refuse parameters that cannot give a sound prediction: NaN or infinite values, input
+    channels that differ from the metadata, or metadata channels the scan mode cannot feed."""
+    import torch
+
+    bad = [name for name, value in state.items()
+           if value.is_floating_point() and not bool(torch.isfinite(value).all())]
+    if bad:
+        raise WeightsError(
+            f"{path} holds parameters that are not numbers (NaN or infinity, in {len(bad)} "
+            f"tensor(s) such as {bad[0]}), so fitting went wrong: fit again (e.g. with a lower "
+            "learning rate) or choose another weights file.")
+    try:
+        declared = int(meta["in_channels"])
+        context = int(meta.get("context") or 0)
+    except (TypeError, ValueError):
+        raise WeightsError(f"{path} has unusable metadata (in_channels "
+                           f"{meta.get('in_channels')!r}): fit the model again with bone fit.") from None
+    needed = 2 * context + 1 if meta.get("dims") == "2.5d" else 1
+    if declared != needed:
+        mode = (f"2.5d with {context} slice(s) of context" if meta.get("dims") == "2.5d"
+                else str(meta.get("dims")))
+        raise WeightsError(f"{path} says its model takes {declared} input channel(s) but a {mode} "
+                           f"model takes {needed}: fit the model again with bone fit.")
+    actual = _in_channels_of(state)
+    if actual is not None and actual != declared:
+        raise WeightsError(f"{path} holds a model with {actual} input channel(s) but its metadata "
+                           f"says {declared}: the file was changed or mixed up; fit the model "
+                           "again or choose another weights file.")
+    try:
+        LabelMap.from_dict(meta, int(meta["classes"]))
+    except (TypeError, ValueError) as exc:
+        raise WeightsError(f"{path} has unusable metadata ({exc}): fit the model again with "
+                           "bone fit.") from None
 
 
 def summarize_meta(meta: dict) -> str:

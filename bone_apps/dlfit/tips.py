@@ -60,10 +60,10 @@ TIPS: dict[str, str] = {
     "p_vflip": "Chance per slice of an up-down flip. Paper: 0.166.",
     "p_rotate": "Chance per slice of a rotation by 90, 180 or 270°. Paper: 0.5. Flip and "
                 "rotation chances together may not exceed 1 (the rest: no change).",
-    "p_brightness": "Chance per batch of a brightness shift. Paper: 0.4. Raise it when scans "
+    "p_brightness": "Chance per patch of a brightness shift. Paper: 0.4. Raise it when scans "
                     "differ in overall brightness.",
     "brightness": "Largest brightness shift, in normalized units. Paper: 0.15.",
-    "p_contrast": "Chance per batch of a contrast change. Paper: 0.4. Raise it when scans "
+    "p_contrast": "Chance per patch of a contrast change. Paper: 0.4. Raise it when scans "
                   "differ in contrast (scanners, settings).",
     "contrast_low": "Smallest contrast factor. Paper: 0.75.",
     "contrast_high": "Largest contrast factor. Paper: 1.25.",
