@@ -153,6 +153,13 @@ class OptionsBox(QGroupBox):
             self.chunk_depth.setValue(max(1, patch_depth))
         self.chunk_depth.setEnabled(is_3d)
 
+    def use_settings(self, chunk: int, overlap: float, blend: str) -> None:
+        """Start from the chunk, overlap and blending a model's weights recommend (what its
+        fit validated it with)."""
+        self.chunk.setValue(int(chunk))
+        self.overlap.setValue(float(overlap))
+        _select(self.blend, blend)
+
     def values(self) -> OptionValues:
         return OptionValues(
             device=str(self.device.currentData()), chunk=self.chunk.value(),

@@ -22,6 +22,7 @@ from PySide6.QtWidgets import (
 from bone_apps.core.errors import BoneAppsError
 from bone_apps.core.monitor import gpu_count
 from bone_apps.core.predict import PredictReport
+from bone_apps.core.slice_validation import InferenceSettings
 from bone_apps.core.volume import Volume
 from bone_apps.dlpred import bridge
 from bone_apps.dlpred.inputs import InputsBox
@@ -151,6 +152,8 @@ class DLPredWindow(QMainWindow):
         if meta is not None:
             self.options.set_model(meta.get("dims"), int(meta.get("patch_depth") or 1),
                                    int(meta.get("required_multiple") or 32))
+            settings = InferenceSettings.from_meta(meta)
+            self.options.use_settings(settings.chunk, settings.overlap, settings.blend)
             self.preview.set_class_names(bridge.class_names(meta))
 
     # -- running --------------------------------------------------------------------------------
