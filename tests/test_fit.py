@@ -24,19 +24,7 @@ from bone_apps.core.fit import (
 from bone_apps.core.fitconfig import FitConfig
 from bone_apps.core.weights import load_weights
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: fast and steady on a small shared machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("stats-cache")
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _config(sample_root, cache, out, **changes) -> FitConfig:

@@ -17,20 +17,7 @@ from bone_apps.core.fitconfig import FitConfig
 REPO = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: fast and steady on a small shared machine."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("cli-cache")
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _pairs(sample_root, n=2) -> list[str]:

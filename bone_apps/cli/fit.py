@@ -16,7 +16,6 @@ _MODEL_OPTIONS = (
 )
 _AUG_FLAGS = {"aug_hflip": "p_hflip", "aug_vflip": "p_vflip", "aug_rotate": "p_rotate",
               "aug_brightness": "p_brightness", "aug_contrast": "p_contrast"}
-_STOPPED = 130
 
 
 def _names(text: str) -> list[str]:
@@ -49,7 +48,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     out = parser.add_argument_group("output")
     out.add_argument("--out", type=Path, metavar="DIR", help="output folder")
-    out.add_argument("--resume", type=Path, metavar="DIR", help="continue the run in DIR")
+    out.add_argument("--resume", type=Path, metavar="DIR",
+                     help="continue the run in DIR with its options; only --workers, "
+                          "--stats-workers, --cache-dir, --device and --no-profile may differ, "
+                          "and --epochs may name a new total above the epochs done (the cosine "
+                          "schedule is then planned over the new total, going on from the "
+                          "epoch reached)")
     out.add_argument("--overwrite", action="store_true", default=False,
                      help="replace an earlier run in --out")
 
@@ -64,7 +68,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     model.add_argument("--patch-depth", type=int, metavar="SLICES", help="3D: patch depth in slices (16)")
     model.add_argument("--patches-per-tile", type=int, metavar="N", help="random patches per tile (4)")
     model.add_argument("--max-overlap", type=float, metavar="F", help="max overlap of two patches (0.5)")
-    model.add_argument("--no-augment", dest="augment", action="store_false",
+    model.add_argument("--no-augment", dest="augment", action="store_false", default=None,
                        help="no augmentation")
     for flag, what in (("hflip", "horizontal flip"), ("vflip", "vertical flip"),
                        ("rotate", "rotation by 90/180/270"), ("brightness", "brightness shift"),
@@ -87,7 +91,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     fitting.add_argument("--scheduler", choices=["cosine", "cosine-restarts", "constant"],
                          help="learning-rate schedule, stepped each epoch (cosine: one cycle)")
     fitting.add_argument("--restart-epochs", type=int, metavar="N", help="cosine-restarts period (5)")
-    fitting.add_argument("--epochs", type=int, metavar="N", help="passes over the training tiles (25)")
+    fitting.add_argument("--epochs", type=int, metavar="N",
+                         help="passes over the training tiles (25); with --resume, a larger "
+                              "total fits the extra epochs")
     fitting.add_argument("--batch", type=int, metavar="N", help="patches per update (64)")
     fitting.add_argument("--val-slices", type=int, metavar="N",
                          help="central slices of each validation scan predicted whole after each "
@@ -99,7 +105,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     fitting.add_argument("--workers", type=int, metavar="N", help="data loader processes (one per core)")
     fitting.add_argument("--reproducible", action="store_true", default=None,
                          help="deterministic algorithms: reruns give identical weights")
-    fitting.add_argument("--no-profile", dest="profile", action="store_false",
+    fitting.add_argument("--no-profile", dest="profile", action="store_false", default=None,
                          help="skip counting FLOPs")
     parser.set_defaults(func=run, command="fit")
 
@@ -118,6 +124,47 @@ def list_models_text() -> str:
 def build_config(args: argparse.Namespace):
     """FitConfig from defaults, then --config, then flags; Easy mode when no model option."""
     from bone_apps.core.errors import FitConfigError
+    from bone_apps.core.fitconfig import FitConfig
+
+    values, given, from_file = _options(args)
+    if not values.get("out"):
+        raise FitConfigError("no output folder: give --out DIR.")
+    model_given = any(k in given or k in from_file for k in _MODEL_OPTIONS)
+    values["easy"] = bool(args.easy or values.get("easy", False) or not model_given)
+    if isinstance(values.get("init"), str) and values["init"].lower().endswith((".pth", ".pt")):
+        _adopt_model_from_weights(values, given, from_file)
+    return FitConfig.from_dict(values)
+
+
+def resume_config(args: argparse.Namespace):
+    """The run in --resume DIR with the options given now (--config and flags): only those
+    count, and the engine refuses any that may not change (fitconfig.resumed_config)."""
+    from bone_apps.core.errors import FitConfigError
+    from bone_apps.core.fitconfig import FitConfig, resume_request
+
+    run = Path(args.resume).expanduser()
+    config_file = run / "config.json"
+    if not config_file.is_file():
+        raise FitConfigError(f"{args.resume} holds no run to resume (no config.json): check "
+                             "the folder.")
+    if args.overwrite:
+        raise FitConfigError("--resume continues the run and --overwrite replaces it: give one "
+                             "of them.")
+    if args.out is not None and Path(args.out).expanduser().resolve() != run.resolve():
+        raise FitConfigError(f"--out {args.out} is not the folder being resumed ({args.resume}): "
+                             "a resumed run stays in its folder, so leave --out out.")
+    saved = FitConfig.load(config_file)
+    values, _, _ = _options(args, saved.augmentation.to_dict())
+    values.pop("out", None)
+    if args.easy:
+        values["easy"] = True
+    return resume_request(saved, values, str(args.resume))
+
+
+def _options(args: argparse.Namespace, augmentation: dict | None = None) -> tuple[dict, dict, set]:
+    """Options from --config, overridden by the flags given: (all values, values given as
+    flags, names from the file). Flags left out are not in either. --aug-* flags change the
+    file's augmentation, else `augmentation`, else the defaults."""
     from bone_apps.core.fitconfig import FitConfig
     from bone_apps.core.sampling import AugmentConfig
 
@@ -148,16 +195,10 @@ def build_config(args: argparse.Namespace):
     aug_changes = {field: getattr(args, flag) for flag, field in _AUG_FLAGS.items()
                    if getattr(args, flag) is not None}
     if aug_changes:
-        base = values.get("augmentation") or AugmentConfig().to_dict()
+        base = values.get("augmentation") or augmentation or AugmentConfig().to_dict()
         given["augmentation"] = {**base, **aug_changes}
     values.update(given)
-    if not values.get("out"):
-        raise FitConfigError("no output folder: give --out DIR.")
-    model_given = any(k in given or k in from_file for k in _MODEL_OPTIONS)
-    values["easy"] = bool(args.easy or values.get("easy", False) or not model_given)
-    if isinstance(values.get("init"), str) and values["init"].lower().endswith((".pth", ".pt")):
-        _adopt_model_from_weights(values, given, from_file)
-    return FitConfig.from_dict(values)
+    return values, given, from_file
 
 
 def _adopt_model_from_weights(values: dict, given: dict, from_file: set) -> None:
@@ -173,69 +214,76 @@ def _adopt_model_from_weights(values: dict, given: dict, from_file: set) -> None
         values["context"] = meta["context"]
 
 
-def _install_stop_handler(stop):
-    """First Ctrl-C: stop at the next safe point; a second one interrupts at once."""
+def _install_stop_handler(stop, signum: int | None = None):
+    """First Ctrl-C (or SIGTERM with `signum`): stop at the next safe point, as the Stop button
+    does; a second one interrupts at once. Returns the previous handler (None off the main
+    thread, where signals cannot be handled)."""
     import signal
     import threading
 
     if threading.current_thread() is not threading.main_thread():
         return None
+    signum = signal.SIGINT if signum is None else signum
+    owner = os.getpid()
 
-    def handler(signum, frame):
+    def handler(received, frame):
+        if os.getpid() != owner:  # a forked loader worker: the main process ends it
+            return
         if stop.is_set():
             raise KeyboardInterrupt
+        stop.signal = received  # which one asked, for the exit code
         stop.set()
-        print("\nstopping at the next safe point (Ctrl-C again to abort without saving)...",
-              file=sys.stderr)
+        if received == signal.SIGINT:  # someone at the keyboard: say a second one aborts
+            print("\nstopping at the next safe point (Ctrl-C again to abort without saving)...",
+                  file=sys.stderr)
 
-    return signal.signal(signal.SIGINT, handler)
+    return signal.signal(signum, handler)
 
 
 def run(args: argparse.Namespace) -> int:
     import signal
     import threading
 
-    from bone_apps.core.errors import FitConfigError
+    from bone_apps.core.errors import Cancelled
 
     if args.list_models:
         print(list_models_text())
         return 0
     resume = args.resume is not None
-    if resume:
-        from bone_apps.core.fitconfig import FitConfig
-
-        config_file = Path(args.resume) / "config.json"
-        if not config_file.is_file():
-            raise FitConfigError(f"{args.resume} holds no run to resume (no config.json): check "
-                                 "the folder.")
-        config = FitConfig.load(config_file)
-        keep = {k: v for k, v in (("workers", args.workers), ("device", args.device),
-                                  ("stats_workers", args.stats_workers)) if v is not None}
-        config = config.replace(out=str(args.resume), **keep)
-    else:
-        config = build_config(args)
+    config = resume_config(args) if resume else build_config(args)
 
     from bone_apps.core.fit import fit
 
     rank = int(os.environ.get("RANK", "0"))
     stop = threading.Event()
-    previous = _install_stop_handler(stop)
+    previous = {signum: _install_stop_handler(stop, signum)
+                for signum in (signal.SIGINT, signal.SIGTERM)}
     console = _Console(enabled=rank == 0)
     try:
         result = None
         for event in fit(config, resume=resume, overwrite=args.overwrite, stop=stop):
             result = console.show(event) or result
+    except Cancelled as exc:  # stopped during the data checks: nothing to continue
+        if not stop.is_set():
+            raise
+        from bone_apps.cli import end_worker_processes
+
+        end_worker_processes()
+        if rank == 0:
+            print(f"bone fit: {exc}", file=sys.stderr)
+        return 128 + int(getattr(stop, "signal", signal.SIGINT))
     finally:
         console.close()
-        if previous is not None:
-            signal.signal(signal.SIGINT, previous)
+        for signum, handler in previous.items():
+            if handler is not None:
+                signal.signal(signum, handler)
     if result is None:
         return 1
     if result.status == "stopped":
         if rank == 0:
-            print(f"stopped; the checkpoint is saved. Continue with: {result.resume_hint}",
-                  file=sys.stderr)
-        return _STOPPED
+            print(f"bone fit: stopped; the checkpoint is saved. Continue with: "
+                  f"{result.resume_hint}", file=sys.stderr)
+        return 128 + int(getattr(stop, "signal", signal.SIGINT))
     return 0
 
 

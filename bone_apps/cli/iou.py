@@ -50,8 +50,8 @@ def format_table(result) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from bone_apps.core.outputs import check_target, write_json_file
-    from bone_apps.core.scoring import score_stacks
+    from bone_apps.core.outputs import check_target
+    from bone_apps.core.scoring import score_stacks, write_result_json
     from bone_apps.core.volume import open_volume
 
     if args.json:
@@ -85,8 +85,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"reference:  {args.reference}\nprediction: {args.prediction}\n")
     print(format_table(result))
     if args.json:
-        write_json_file(args.json, {"reference": str(args.reference),
-                                    "prediction": str(args.prediction), **result.to_dict()},
-                        overwrite=args.overwrite)
+        write_result_json(result, args.json, args.reference, args.prediction,
+                          overwrite=args.overwrite)
         print(f"\nscores written to {args.json}")
     return 0

@@ -107,7 +107,6 @@ class _Progress:
 def run(args: argparse.Namespace) -> int:
     from bone_apps.core.errors import PredictConfigError
     from bone_apps.core.normalize import default_cache_dir
-    from bone_apps.core.outputs import check_target, write_json_file
     from bone_apps.core.predict import PredictConfig, predict, scans_in
 
     if args.data is not None and args.scans:
@@ -119,10 +118,9 @@ def run(args: argparse.Namespace) -> int:
         scans=tuple(scans), weights=args.weights, out=args.out, chunk=args.chunk,
         chunk_depth=args.chunk_depth, overlap=args.overlap, threshold=args.threshold, blend=args.blend,
         batch=args.batch, device=args.device, tta=args.tta, probabilities=args.probabilities,
-        overwrite=args.overwrite, report=None, stats_cache=default_cache_dir())
+        overwrite=args.overwrite, report=args.report, stats_cache=default_cache_dir())
     rank = int(os.environ.get("RANK", "0") or 0)
-    if args.report and rank == 0:
-        check_target(args.report, args.overwrite)  # before the work, not after
+    # The report is checked with the other outputs before any work, and written by rank 0.
     progress = _Progress(enabled=rank == 0)
     job = predict(config)
     try:
@@ -137,10 +135,6 @@ def run(args: argparse.Namespace) -> int:
         progress.close()
         job.close()  # on Ctrl-C: the outputs in progress are removed before we exit
     if rank == 0:
-        if args.report:  # written here, tagged as ours, so --overwrite may replace it later
-            data = report.to_dict()
-            data["config"] = {**data.get("config", {}), "report": str(args.report)}
-            write_json_file(args.report, data, overwrite=args.overwrite)
         print(report.text())
         if args.report:
             print(f"report written to {args.report}")

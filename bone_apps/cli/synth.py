@@ -21,11 +21,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from bone_apps.core.errors import BoneAppsError
     from bone_apps.core.synthetic import write_sample_dataset
 
-    if args.scans < 1 or min(args.shape) < 1:
-        raise BoneAppsError("--scans and --shape must be positive numbers.")
     ids = write_sample_dataset(args.out, args.scans, args.seed, tuple(args.shape), args.overwrite)
     z, y, x = args.shape
     print(f"wrote {len(ids)} scans of {z}x{y}x{x} voxels to {args.out}/scans and masks to "

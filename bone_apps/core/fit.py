@@ -40,10 +40,11 @@ from bone_apps.core.errors import (
     FitConfigError,
     PretrainedUnavailableError,
 )
-from bone_apps.core.fitconfig import FitConfig
+from bone_apps.core.fitconfig import FitConfig, resumed_config
 from bone_apps.core.loader import TRAIN, VAL, FitBatches, FitSampler, make_loader
 from bone_apps.core.models import (
     BORDER_PADDING,
+    REQUIRED_MULTIPLE_3D,
     build_model,
     canonical_architecture,
     check_encoder,
@@ -166,6 +167,22 @@ def _nanmean(values) -> float:
     return sum(finite) / len(finite) if finite else float("nan")
 
 
+def _replan_schedule(scheduler, optimizer, cfg: FitConfig, epochs_done: int) -> None:
+    """A resumed run with a new epoch total: the single cosine cycle is planned again over
+    the new total, and the learning rate goes on from where that cycle stands after
+    `epochs_done` epochs (as if the run had been started with the new total). Cosine with
+    restarts and the constant rate do not depend on the total."""
+    if cfg.scheduler.strip().lower() != "cosine":
+        return
+    scheduler.T_max = max(1, cfg.epochs)
+    eta_min = getattr(scheduler, "eta_min", 0.0)
+    rates = [eta_min + (base - eta_min) * (1 + math.cos(math.pi * epochs_done / scheduler.T_max)) / 2
+             for base in scheduler.base_lrs]
+    for group, rate in zip(optimizer.param_groups, rates):
+        group["lr"] = rate
+    scheduler._last_lr = rates  # what get_last_lr() reports until the next step
+
+
 class _Devices:
     """Where fitting runs: the main device and, for DataParallel, the GPU ids."""
 
@@ -233,7 +250,9 @@ def fit(
 
     Args:
         config: the run's options.
-        resume: continue the run in config.out from its checkpoint.
+        resume: continue the run in config.out from its checkpoint. Options that may not
+            change are refused (fitconfig.resumed_config); a larger `epochs` fits the extra
+            epochs, the cosine schedule planned again over the new total.
         overwrite: replace an earlier run in config.out.
         stop: set it to stop at the next safe point (between steps); the state is saved
             and the run can be resumed.
@@ -272,6 +291,7 @@ class _FitRun:
     def __init__(self, config: FitConfig, resume: bool, overwrite: bool,
                  stop: threading.Event) -> None:
         self.requested = config
+        self.original = config  # the options asked for, before Easy mode adapts them
         self.config = config
         self.resume = resume
         self.overwrite = overwrite
@@ -331,16 +351,18 @@ class _FitRun:
 
             torch.cuda.set_device(self.devices.device)  # NCCL binds each rank to its GPU
         ddp.init_process_group(self.dist, self.devices.cuda)
+        if not self.resume and not self.requested.easy:  # Easy mode shrinks the batch instead
+            self._check_batch_memory(self.requested)  # before anything is written
         self.monitor.start()
         checkpoint = self.on_main(self._prepare_out)
         if self.dist.is_main:
             self.logger = runfiles.open_fit_log(self.out / runfiles.FIT_LOG)
         if checkpoint is not None:
-            self.config = FitConfig.from_dict(checkpoint["config"]).replace(
-                **{k: getattr(self.requested, k) for k in ("workers", "device", "stats_workers",
-                                                             "cache_dir", "profile")})
+            self.config, planned = self._resumed(checkpoint), checkpoint["config"]["epochs"]
             yield self.say(f"resuming {self.out} at epoch {checkpoint['state']['epoch'] + 1} "
-                           f"({checkpoint['state']['phase']}, batch {checkpoint['state']['batch']})")
+                           f"({checkpoint['state']['phase']}, batch {checkpoint['state']['batch']})"
+                           + (f", now {self.config.epochs} epochs in all (was {planned})"
+                              if self.config.epochs != planned else ""))
         else:
             yield self.say(f"bone_apps {software_version()}: fitting into {self.out}")
         cfg = self.config
@@ -359,11 +381,13 @@ class _FitRun:
             yield self.say(note, "note")
         self.notes.clear()
         self._check_patch_geometry(cfg)
+        self._check_patch_fits(cfg, summary, split)
 
         model, init_note = self._build_model(cfg, summary, checkpoint)
         yield self.say(init_note)
-        if checkpoint is None and self.dist.is_main:
-            cfg.save(self.out / runfiles.CONFIG)
+        if self.dist.is_main and (checkpoint is None
+                                  or cfg.epochs != checkpoint["config"]["epochs"]):
+            cfg.save(self.out / runfiles.CONFIG)  # a resumed run may have a new epoch total
         yield from self._complexity(cfg, model, summary)
         yield from self._loop(cfg, model, summary, split, checkpoint)
         return self.result
@@ -375,14 +399,18 @@ class _FitRun:
         if not self.resume:
             return None
         checkpoint = load_checkpoint(self.out / runfiles.CHECKPOINT)
-        saved = FitConfig.from_dict(checkpoint["config"])
-        requested = FitConfig.from_dict(checkpoint.get("requested_config", checkpoint["config"]))
-        if self.requested.differences(saved) and self.requested.differences(requested):
-            changed = self.requested.differences(saved)
-            raise FitConfigError(
-                f"the options differ from the run in {self.out} ({', '.join(changed)}): resume "
-                "with the same options (only workers and device may change), or start a new run.")
+        self._resumed(checkpoint)  # refuses changed options before any work
         return checkpoint
+
+    def _resumed(self, checkpoint: dict) -> FitConfig:
+        """The configuration the resumed run goes on with (fitconfig.resumed_config's rule)."""
+        saved = FitConfig.from_dict(checkpoint["config"])
+        original = FitConfig.from_dict(checkpoint.get("requested_config", checkpoint["config"]))
+        config = resumed_config(saved, self.requested, int(checkpoint["state"]["epoch"]),
+                                str(self.out), original)
+        # What the user asked for, kept for the next resume (with the new epoch total).
+        self.original = original.replace(epochs=config.epochs)
+        return config
 
     def _set_determinism(self, cfg: FitConfig) -> None:
         import torch
@@ -391,7 +419,9 @@ class _FitRun:
                     torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
 
         def restore() -> None:
-            torch.use_deterministic_algorithms(previous[0])
+            if torch.are_deterministic_algorithms_enabled() != previous[0]:
+                # Only when changed: the call takes up to seconds, and it runs on every stop.
+                torch.use_deterministic_algorithms(previous[0])
             torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = previous[1:]
 
         self._restore.append(restore)
@@ -431,21 +461,25 @@ class _FitRun:
             thread = threading.Thread(target=work, name="bone-fit-checks", daemon=True)
             thread.start()
             while thread.is_alive() or not events.empty():
-                if not self.dist.enabled and self.stop.is_set():
-                    # Checks can take minutes on real scans; nothing is fitted yet, so nothing
-                    # needs saving (the statistics finished so far stay cached).
-                    raise Cancelled("fitting was stopped while the scans were being checked; "
-                                    "nothing was fitted yet.")
+                self._cancel_if_stopped()
                 try:
                     yield events.get(timeout=0.1)
                 except queue.Empty:
                     pass
             thread.join()
+            self._cancel_if_stopped()  # a stop that also ended the checks (their processes)
         result = ddp.broadcast_object(
             ("error", box["error"]) if "error" in box else ("ok", box.get("summary")), self.dist)
         if result[0] == "error":
             raise result[1]
         return result[1]
+
+    def _cancel_if_stopped(self) -> None:
+        if not self.dist.enabled and self.stop.is_set():
+            # Checks can take minutes on real scans; nothing is fitted yet, so nothing needs
+            # saving (the statistics finished so far stay cached).
+            raise Cancelled("fitting was stopped while the scans were being checked; nothing "
+                            "was fitted yet.")
 
     def _split(self, cfg: FitConfig, summary: DataSummary, checkpoint: dict | None) -> Split:
         if checkpoint is not None:
@@ -499,9 +533,58 @@ class _FitRun:
             return int(free)
         return int(psutil.virtual_memory().available)
 
+    def _check_batch_memory(self, cfg: FitConfig) -> None:
+        """On the CPU, refuse a batch whose training memory cannot fit in the available RAM.
+
+        The estimate is rough: _BYTES_PER_PIXEL_FP32 per patch pixel (per voxel in 3D), as
+        measured for a U-Net with a ResNet-18 encoder (3D BasicUNet needs less). GPUs are
+        not checked here; CUDA reports running out of memory itself.
+        """
+        if self.devices.cuda:
+            return
+        voxels = cfg.patch * cfg.patch * (cfg.patch_depth if Dims.parse(cfg.dims) is Dims.D3 else 1)
+        per_patch = _BYTES_PER_PIXEL_FP32 * voxels
+        free = self._free_memory()
+        if not free or cfg.batch * per_patch <= free:
+            return
+        size = f"{cfg.patch} px" + (f" x {cfg.patch_depth}-slice" if voxels > cfg.patch ** 2 else "")
+        need = (f"about {cfg.batch * per_patch / 2**30:,.1f} GB of memory to fit {size} patches "
+                f"on the CPU, but {free / 2**30:.1f} GB is available")
+        largest = free // per_patch
+        if largest < 1:
+            raise FitConfigError(f"--batch {cfg.batch} needs {need}: even one patch does not "
+                                 "fit, so use a smaller --patch.")
+        raise FitConfigError(f"--batch {cfg.batch} needs {need}: use --batch {largest} or less.")
+
+    def _check_patch_fits(self, cfg: FitConfig, summary: DataSummary, split: Split) -> None:
+        """Refuse patches more than twice the smallest slice (or, in 3D, a patch depth more
+        than twice the thinnest scan): tiles smaller than a patch are padded by mirroring,
+        and beyond twice their size a patch would be mostly mirror images."""
+        infos = summary.by_id()
+        used = split.train + split.val
+        dims = Dims.parse(cfg.dims)
+        multiple = REQUIRED_MULTIPLE_3D if dims is Dims.D3 else 32
+        scan = min(used, key=lambda i: min(infos[i].shape[1:]))
+        side = min(infos[scan].shape[1:])
+        largest = max(multiple, 2 * side // multiple * multiple)
+        if cfg.patch > largest:
+            height, width = infos[scan].shape[1:]
+            raise FitConfigError(f"--patch {cfg.patch} is more than twice the smallest slice "
+                                 f"({height}x{width} px, scan {scan}): use --patch {largest} or "
+                                 f"less (a multiple of {multiple}).")
+        if dims is Dims.D3:
+            scan = min(used, key=lambda i: infos[i].shape[0])
+            depth = infos[scan].shape[0]
+            largest = max(REQUIRED_MULTIPLE_3D, 2 * depth // REQUIRED_MULTIPLE_3D * REQUIRED_MULTIPLE_3D)
+            if cfg.patch_depth > largest:
+                raise FitConfigError(f"--patch-depth {cfg.patch_depth} is more than twice the "
+                                     f"thinnest scan ({depth} slices, scan {scan}): use "
+                                     f"--patch-depth {largest} or less (a multiple of "
+                                     f"{REQUIRED_MULTIPLE_3D}).")
+
     def _check_patch_geometry(self, cfg: FitConfig) -> None:
         dims = Dims.parse(cfg.dims)
-        multiple = 16 if dims is Dims.D3 else 32
+        multiple = REQUIRED_MULTIPLE_3D if dims is Dims.D3 else 32
         if cfg.patch % multiple:
             lower = max(multiple, cfg.patch // multiple * multiple)
             raise FitConfigError(f"patch size {cfg.patch} is not a multiple of {multiple}, which "
@@ -668,6 +751,8 @@ class _FitRun:
             scaler.load_state_dict(checkpoint["scaler"])
             set_rng_states(checkpoint["rng"])
             state = RunState.from_dict(checkpoint["state"])
+            if cfg.epochs != checkpoint["config"]["epochs"]:
+                _replan_schedule(scheduler, optimizer, cfg, state.epoch)
 
         def metric():
             return MulticlassJaccardIndex(summary.classes, average="none", validate_args=False,
@@ -921,7 +1006,7 @@ class _FitRun:
 
     def _save_checkpoint(self, cfg, model, optimizer, scheduler, scaler, split, summary) -> None:
         save_checkpoint(self.out / runfiles.CHECKPOINT, {
-            "config": cfg.to_dict(), "requested_config": self.requested.to_dict(),
+            "config": cfg.to_dict(), "requested_config": self.original.to_dict(),
             "model": {k: v.detach().cpu() for k, v in unwrap_model(model).state_dict().items()},
             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
             "scaler": scaler.state_dict(), "rng": rng_states(), "state": self.state.to_dict(),

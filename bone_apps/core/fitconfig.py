@@ -19,9 +19,13 @@ from bone_apps.core.sampling import AugmentConfig, Dims
 
 INIT_CHOICES = ("random", "imagenet", "auto")
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
-# Options that may change when a run is resumed: they do not change the numbers.
+# Options that may change when a run is resumed because they do not change the numbers.
+# `epochs` may change too, to a total above the epochs already done (see resumed_config).
+# The single list the CLI, the engine and DLFit use.
 RESUMABLE_CHANGES = frozenset({"out", "workers", "stats_workers", "cache_dir", "device",
                                "profile"})
+# Options compared as paths: the same place written another way is no change.
+_PATH_OPTIONS = frozenset({"data", "cache_dir", "out"})
 
 
 @dataclass(frozen=True)
@@ -150,9 +154,12 @@ class FitConfig:
         return dataclasses.replace(self, **changes)
 
     def differences(self, other: FitConfig, ignore: frozenset[str] = RESUMABLE_CHANGES) -> list[str]:
-        """Names of options that differ, leaving out `ignore`."""
-        a, b = self.to_dict(), other.to_dict()
-        return [k for k in a if k not in ignore and a[k] != b[k]]
+        """Names of options that differ, leaving out `ignore` and options that act in neither
+        (e.g. context outside 2.5D). Augmentation chances are named one by one (p_hflip, ...);
+        paths naming the same place are equal."""
+        a, b = _comparable(self), _comparable(other)
+        inert = _inert(self) & _inert(other)
+        return [k for k in a if k not in ignore and k not in inert and a[k] != b[k]]
 
     # Checks ----------------------------------------------------------------------------------
 
@@ -189,6 +196,116 @@ class FitConfig:
                                  "imagenet, auto or the path of a .pth weights file.")
         if self.workers is not None and self.workers < 0:
             raise FitConfigError("workers must be 0 or more.")
+
+
+def _path(text) -> str:
+    return os.path.abspath(os.path.expanduser(str(text)))
+
+
+def _comparable(config: FitConfig) -> dict:
+    """Option values as resuming compares them: paths resolved, augmentation spread out."""
+    data = config.to_dict()
+    for key in _PATH_OPTIONS:
+        if data[key]:
+            data[key] = _path(data[key])
+    data["pairs"] = [[_path(s), _path(m)] for s, m in data["pairs"]]
+    if str(data["init"]).lower().endswith((".pth", ".pt")):
+        data["init"] = _path(data["init"])
+    data["dims"] = str(data["dims"]).lower()
+    data.update(data.pop("augmentation"))
+    return data
+
+
+def _inert(config: FitConfig) -> set[str]:
+    """Options that have no effect in `config` (their values need not match on resume)."""
+    inert = set()
+    if config.dims.lower() != "2.5d":
+        inert.add("context")
+    if config.dims.lower() != "3d":
+        inert.add("patch_depth")
+    if config.scheduler.strip().lower() != "cosine-restarts":
+        inert.add("restart_epochs")
+    if not config.augment:
+        inert.update(config.augmentation.to_dict())
+    if config.val_scans:
+        inert.add("train_fraction")
+    return inert
+
+
+def _flag(name: str) -> str:
+    """The command-line flag of an option (DLFit shows its label instead)."""
+    if name == "pairs":
+        return "--pair"
+    if name.startswith("p_") and name in AugmentConfig().to_dict():
+        return f"--aug-{name[2:]}"
+    return "--" + name.replace("_", "-")
+
+
+def _shown(value) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if value is None:
+        return "automatic"
+    if isinstance(value, (list, tuple)):
+        text = ", ".join(" ".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)
+                         for v in value) or "none"
+    else:
+        text = str(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _and(items: list[str]) -> str:
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def resumed_config(saved: FitConfig, requested: FitConfig, epochs_done: int, where: str,
+                   original: FitConfig | None = None) -> FitConfig:
+    """The configuration a resumed run goes on with, or the sentence saying why it cannot.
+
+    This is the one rule for `bone fit --resume`, the engine and DLFit's Resume: options in
+    RESUMABLE_CHANGES (output folder, processes, cache, device, profiling) are taken from
+    `requested`; `epochs` may change to any total above `epochs_done` (with the cosine
+    schedule the learning rate then follows the cosine planned over the new total from the
+    epoch the run stands at; see core.fit); every other option must equal the run's.
+
+    Args:
+        saved: the run's configuration (as fitted; Easy mode may have adapted it).
+        requested: the options asked for now.
+        epochs_done: epochs the run has finished.
+        where: the run's folder, for the message.
+        original: what the run's user asked for before Easy mode adapted it; an option equal
+            to this or to `saved` is no change.
+
+    Returns:
+        `saved` with the free options and the epoch total of `requested`.
+
+    Raises:
+        FitConfigError: another option differs, naming each with its requested and saved
+            values, or the new epoch total is not above the epochs done.
+    """
+    ignore = RESUMABLE_CHANGES | {"epochs"}
+    changed = requested.differences(saved, ignore)
+    if original is not None:
+        changed = [k for k in changed if k in requested.differences(original, ignore)]
+    if changed:
+        now, then = _comparable(requested), _comparable(saved)
+        asked = _and([f"{_flag(k)} {_shown(now[k])}" for k in changed])
+        had = _and([_shown(then[k]) for k in changed])
+        verb = "differs" if len(changed) == 1 else "differ"
+        raise FitConfigError(f"{asked} {verb} from the run in {where} ({had}): resume with the "
+                             "same options, or start a new run with --out elsewhere.")
+    if requested.epochs != saved.epochs and requested.epochs <= epochs_done:
+        raise FitConfigError(f"--epochs {requested.epochs} is not more than the {epochs_done} "
+                             f"epochs the run in {where} has done: give more epochs to continue "
+                             "it, or start a new run with --out elsewhere.")
+    return saved.replace(epochs=requested.epochs,
+                         **{k: getattr(requested, k) for k in RESUMABLE_CHANGES})
+
+
+def resume_request(saved: FitConfig, given: dict, out: str) -> FitConfig:
+    """`saved` with the options a user gave (`given`: FitConfig field -> value, as JSON or
+    flags hold them) and the run's folder `out`: what resumed_config then checks."""
+    return FitConfig.from_dict({**saved.to_dict(), **given, "out": str(out)})
 
 
 def easy_config(out: str, **data_options) -> FitConfig:

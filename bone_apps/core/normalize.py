@@ -15,6 +15,7 @@ import json
 import math
 import os
 from collections.abc import Callable, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from enum import Enum
 from pathlib import Path
@@ -306,11 +307,48 @@ def run_volume_tasks(
         # Spawn behaves the same on Linux, Windows and macOS, and never forks a process
         # that holds threads (the monitor, torch's pools).
         context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(n_workers, mp_context=context) as pool:
-            futures = {pool.submit(tasks[i][0], str(tasks[i][1])): i for i in todo}
+        pool = ProcessPoolExecutor(n_workers, mp_context=context, initializer=_worker_start)
+        try:
+            with _interrupts_ignored():  # the workers start ignoring Ctrl-C: the parent handles it
+                futures = {pool.submit(tasks[i][0], str(tasks[i][1])): i for i in todo}
             for future in as_completed(futures):
                 finish(futures[future], future.result())
+        except BaseException:
+            # Stop (Ctrl-C, SIGTERM, an error): end the workers now rather than after their scans.
+            # ProcessPoolExecutor.terminate_workers() only arrives in Python 3.14.
+            for process in list((getattr(pool, "_processes", None) or {}).values()):
+                process.terminate()
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        pool.shutdown()
     return [r for r in results if r is not None]
+
+
+def _worker_start() -> None:
+    """Initializer of statistics processes: no Ctrl-C of their own, no library warnings."""
+    import signal
+
+    from bone_apps.core.runfiles import quiet_library_warnings
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    quiet_library_warnings()
+
+
+@contextmanager
+def _interrupts_ignored():
+    """Ignore SIGINT while processes start, so that they inherit the ignored disposition (a
+    Ctrl-C during their start-up would otherwise print tracebacks); main thread only."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def compute_stats_many(

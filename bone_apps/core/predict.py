@@ -16,7 +16,6 @@ report.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import queue
@@ -34,12 +33,12 @@ import numpy as np
 from bone_apps.core.errors import (
     BoneAppsError,
     Cancelled,
-    OutputExistsError,
     PredictConfigError,
     VolumeError,
     WeightsError,
 )
 from bone_apps.core.labels import LabelMap, check_class_names
+from bone_apps.core.outputs import check_targets, make_dirs, write_json_file
 from bone_apps.core.volume import TIFF_SUFFIXES, Volume, natural_key, open_volume
 from bone_apps.core.windows import (
     AxisPlan,
@@ -375,13 +374,18 @@ class PredictReport:
         return "\n".join(lines)
 
 
-def write_report_json(report: PredictReport, path: str | os.PathLike) -> Path:
-    """Write the report as JSON, atomically."""
+def write_report_json(report: PredictReport, path: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Write the report as JSON, atomically and tagged as ours (outputs.write_json_file).
+
+    Missing parent folders are created.
+
+    Raises:
+        OutputExistsError: `path` exists and `overwrite` is not set, or bone_apps did not write it.
+        OutputWriteError: the disk is full or the folder cannot be written.
+    """
     path = Path(path).expanduser()
-    partial = path.with_name(f".{path.name}.partial-{os.getpid()}")
-    partial.write_text(json.dumps(report.to_dict(), indent=2))
-    os.replace(partial, path)
-    return path
+    make_dirs(path.parent)
+    return write_json_file(path, report.to_dict(), overwrite=overwrite)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -915,8 +919,10 @@ def plan_outputs(config: PredictConfig, class_names: Sequence[str]) -> list[Scan
     Raises:
         VolumeError: a scan cannot be opened.
         PredictConfigError: OUT's form does not match the scan, two scans share an id, or an
-            output would replace its own scan.
-        OutputExistsError: an output exists and overwriting was not asked for.
+            output (labels, probabilities, report) would replace a scan or the weights or
+            lie inside a scan folder.
+        OutputExistsError: an output exists and overwriting was not asked for, or (with
+            overwrite) bone_apps did not write it (ForeignFilesError).
     """
     jobs = []
     out = config.out
@@ -944,17 +950,47 @@ def plan_outputs(config: PredictConfig, class_names: Sequence[str]) -> list[Scan
             if not multipage and is_tiff:
                 raise PredictConfigError(f"{scan} is a folder of slices, so its labels are written as a "
                                          f"folder too: give --out a folder name instead of {out}.")
-        if target.resolve() == scan.resolve():
-            raise PredictConfigError(f"{target} is the scan itself: choose another output.")
         probs = tuple(probability_target(target, n) for n in class_names) if config.probabilities else ()
         jobs.append(ScanJob(i, scan, target, probs))
-    if not config.overwrite:
-        for job in jobs:
-            for path in (job.labels, *job.probabilities):
-                if path.exists():
-                    raise OutputExistsError(f"{path} already exists: choose another output or allow "
-                                            "overwriting (--overwrite).")
+    targets = [] if config.report is None else [config.report]
+    targets += [path for job in jobs for path in (job.labels, *job.probabilities)]
+    _check_output_places(targets, config)
+    # Before the statistics and the model: a refusal costs nothing and touches nothing.
+    check_targets(targets, config.overwrite)
     return jobs
+
+
+def _check_output_places(targets: Sequence[Path], config: PredictConfig) -> None:
+    """An output may not be a scan or the weights, nor lie inside a scan folder or a file, nor
+    overlap another output (a report inside the label folder would make it no longer ours)."""
+    inputs = {path.resolve(): path for path in (*config.scans, config.weights)}
+    folders = [scan.resolve() for scan in config.scans if scan.is_dir()]
+    planned: dict[Path, Path] = {}  # where each output goes -> the output as named
+    above_planned: dict[Path, Path] = {}  # every folder above a planned output -> that output
+    for target in targets:
+        where = target.resolve()
+        clash = (planned.get(where) or above_planned.get(where)
+                 or next((planned[p] for p in where.parents if p in planned), None))
+        if clash is not None and clash.resolve() == where:
+            raise PredictConfigError(f"{target} would receive two outputs (of the labels, "
+                                     "probabilities and report): give each its own name.")
+        if clash is not None:
+            raise PredictConfigError(f"{clash} and {target} would overlap, one inside the other: "
+                                     "give each output (labels, probabilities, report) its own place.")
+        planned[where] = target
+        for folder in where.parents:
+            above_planned.setdefault(folder, target)
+        above = next(p for p in where.parents if os.path.lexists(p))
+        if not above.is_dir():
+            raise PredictConfigError(f"{target} would be written inside {above}, which is a file, "
+                                     "not a folder: choose another output.")
+        if where in inputs:
+            what = "weights file" if inputs[where] == config.weights else "scan"
+            raise PredictConfigError(f"{target} is the {what} itself: choose another output.")
+        inside = next((folder for folder in folders if folder in where.parents), None)
+        if inside is not None:
+            raise PredictConfigError(f"{target} is inside the scan folder {inside}: choose an output "
+                                     "outside it, so that the scan's slices stay on their own.")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1109,7 +1145,7 @@ def predict(config: PredictConfig, stop: threading.Event | None = None
         device=" ".join(devices_used), batch=max(p["batch"] for p in gathered),
         world_size=world, rank=rank)
     if config.report is not None and rank == 0:
-        write_report_json(report, config.report)
+        write_report_json(report, config.report, overwrite=config.overwrite)
     return report
 
 
@@ -1131,8 +1167,7 @@ def _predict_job(job: ScanJob, scans: int, stats: ScanStats, model, spec: ModelS
             reserve, extra_per_chunk=slice_bytes * nz // plan.chunks)
         runner = ChunkRunner(model, devices, batch, config.tta)
         yield ScanStarted(job.index, scans, job.scan, job.labels, volume.shape, batch, ",".join(devices))
-        if len(config.scans) > 1:
-            job.labels.parent.mkdir(parents=True, exist_ok=True)
+        make_dirs(job.labels.parent)  # OUT for several scans; missing parents of OUT for one
         names = volume.slice_names
         label_dtype = np.uint8 if spec.classes <= 256 else np.uint16
         if spec.label_values:  # classes 0..N-1 are written as the user's own values (e.g. 0/255)

@@ -12,6 +12,9 @@ import json
 import logging
 import math
 import os
+import re
+import sys
+import warnings
 from pathlib import Path
 
 from bone_apps.core import outputs
@@ -219,6 +222,46 @@ def open_fit_log(path: Path | None) -> logging.Logger:
     else:
         logger.addHandler(logging.NullHandler())
     return logger
+
+
+# Libraries whose warnings speak to their own developers (deprecations, tracer chatter,
+# malformed-tag notes), not to the person fitting or predicting.
+QUIET_LIBRARIES = ("torch", "torchvision", "torchmetrics", "monai", "tifffile", "timm",
+                   "segmentation_models_pytorch", "fvcore", "iopath", "huggingface_hub",
+                   "safetensors", "lightning_utilities", "zarr", "numcodecs", "nibabel", "h5py",
+                   "psutil", "tqdm")
+_QUIET_MODULES = re.compile(r"(?:" + "|".join(map(re.escape, QUIET_LIBRARIES)) + r")(?:\.|$)")
+
+
+def quiet_library_warnings() -> None:
+    """Keep warnings issued by QUIET_LIBRARIES out of the terminal and the windows, at the
+    start of `bone` and of each app. Warnings issued by bone_apps itself (and those a library
+    raises from C++ about a bone_apps call, which bone_apps should fix) still show; library
+    errors are untouched. tifffile's log notes about odd tags are kept at errors only.
+    Calling it again changes nothing."""
+    if getattr(warnings.showwarning, "_bone_apps_quiet", False):
+        return
+    for category in (UserWarning, FutureWarning, DeprecationWarning, PendingDeprecationWarning,
+                     RuntimeWarning, ResourceWarning, ImportWarning):
+        warnings.filterwarnings("ignore", category=category, module=_QUIET_MODULES.pattern)
+    shown = warnings.showwarning
+
+    def showwarning(message, category, filename, lineno, file=None, line=None):
+        # A warning attributed to the caller (stacklevel=2) is still the library's when the
+        # code that issued it is the library's.
+        if not _issued_by_library():
+            shown(message, category, filename, lineno, file, line)
+
+    showwarning._bone_apps_quiet = True
+    warnings.showwarning = showwarning
+    logging.getLogger("tifffile").setLevel(logging.ERROR)
+
+
+def _issued_by_library() -> bool:
+    frame = sys._getframe(2)  # past showwarning and this function
+    while frame is not None and frame.f_globals.get("__name__") == "warnings":
+        frame = frame.f_back
+    return frame is not None and bool(_QUIET_MODULES.match(frame.f_globals.get("__name__", "")))
 
 
 def close_fit_log(logger: logging.Logger) -> None:

@@ -169,7 +169,7 @@ def score_stacks(
     """
     ref = reference if isinstance(reference, Volume) else open_volume(reference, role="mask")
     pred = prediction if isinstance(prediction, Volume) else open_volume(prediction, role="mask")
-    check_same_shape(ref, pred, what="prediction")
+    check_same_shape(ref, pred, what="prediction", of="reference")
     if class_names:
         class_names = check_class_names(class_names)
     declared = num_classes if num_classes is not None else (len(class_names) if class_names else None)
@@ -286,16 +286,17 @@ def run_to_end(job: Generator) -> object:
 
 
 def write_result_json(result: IoUResult, path: str | os.PathLike, reference: str = "",
-                      prediction: str = "") -> Path:
-    """Write the scores as JSON, atomically."""
-    import json
+                      prediction: str = "", overwrite: bool = False) -> Path:
+    """Write the scores as JSON, atomically and tagged as ours (outputs.write_json_file).
 
-    path = Path(path)
+    Raises:
+        OutputExistsError: `path` exists and `overwrite` is not set, or bone_apps did not write it.
+        OutputWriteError: the disk is full or the folder cannot be written.
+    """
+    from bone_apps.core.outputs import write_json_file
+
     data = {"reference": str(reference), "prediction": str(prediction), **result.to_dict()}
-    partial = path.with_name(f".{path.name}.partial-{os.getpid()}")
-    partial.write_text(json.dumps(data, indent=2))
-    os.replace(partial, path)
-    return path
+    return write_json_file(Path(path), data, overwrite=overwrite)
 
 
 def result_csv(result: IoUResult) -> str:

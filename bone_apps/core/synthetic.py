@@ -9,7 +9,10 @@ noise, in 8- or 16-bit.
 
 from __future__ import annotations
 
+import math
 import os
+import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -155,6 +158,110 @@ def make_sample_scan(
     return SampleScan(name, scan, mask, VoxelSize(voxel_um, voxel_um, voxel_um), hydrated)
 
 
+# Peak memory while one scan is made (float32 intensities, noise, blur, masks), measured at
+# about 40 bytes per voxel; and what a scan and its mask take on disk (16-bit scan, 8-bit
+# mask, uncompressed TIFF slices with their headers).
+_RAM_PER_VOXEL = 48
+_DISK_PER_VOXEL = 3
+_DISK_PER_SLICE = 2 * 1024
+
+
+def check_sample_request(out: str | os.PathLike, scans: int, shape: Sequence[int]) -> None:
+    """Refuse a sample dataset that cannot be made here, before anything is written.
+
+    Raises:
+        BoneAppsError: fewer than one scan, a size below 1, or scans larger than the free
+            memory (one scan is made at a time) or the free disk below `out` allow; the
+            sentence names the largest shape that fits.
+    """
+    import psutil
+
+    from bone_apps.core.errors import BoneAppsError
+
+    shape = tuple(int(n) for n in shape)
+    if scans < 1 or len(shape) != 3 or min(shape) < 1:
+        raise BoneAppsError(f"--scans {scans} --shape {' '.join(map(str, shape))} cannot be made: "
+                            "give at least 1 scan and three sizes of at least 1 (slices, height, "
+                            "width), e.g. --shape 32 128 128.")
+    drawable = _drawable_shape(shape)
+    if drawable != list(shape):
+        raise BoneAppsError(f"--shape {' '.join(map(str, shape))} cannot be drawn: with these "
+                            f"other sizes the longest that works is --shape "
+                            f"{' '.join(map(str, drawable))}.")
+    voxels = math.prod(shape)
+    ram = psutil.virtual_memory().available
+    place = Path(out).expanduser().absolute()
+    while not place.exists() and place != place.parent:
+        place = place.parent
+    disk = shutil.disk_usage(place).free
+    per_scan_disk = _DISK_PER_VOXEL * voxels + _DISK_PER_SLICE * shape[0]
+    ram_limit = ram // _RAM_PER_VOXEL
+    disk_limit = (disk // scans - _DISK_PER_SLICE * shape[0]) // _DISK_PER_VOXEL
+    if voxels <= ram_limit and per_scan_disk * scans <= disk:
+        return
+    if voxels > ram_limit:
+        need = (f"about {_RAM_PER_VOXEL * voxels / 2**30:,.1f} GB of memory to make each scan, "
+                f"but {ram / 2**30:.1f} GB is available")
+    else:
+        need = (f"about {per_scan_disk * scans / 2**30:,.1f} GB of disk for {scans} scans and "
+                f"masks, but {disk / 2**30:.1f} GB is free at {place}")
+    if voxels <= ram_limit and disk // per_scan_disk >= 1:
+        raise BoneAppsError(f"--scans {scans} of --shape {' '.join(map(str, shape))} need {need}: "
+                            f"use --scans {disk // per_scan_disk} or fewer.")
+    limit = max(1, min(ram_limit, disk_limit if voxels > ram_limit else
+                       (disk - _DISK_PER_SLICE * shape[0]) // _DISK_PER_VOXEL))
+    largest = _fitting_shape(shape, limit)
+    raise BoneAppsError(f"--shape {' '.join(map(str, shape))} needs {need}: the largest that fits "
+                        f"is about {limit:,} voxels per scan, e.g. --shape "
+                        f"{' '.join(map(str, largest))}.")
+
+
+# The random fields behind shading and trabeculae interpolate a coarse grid in float32,
+# which stays exact up to this many grid points along an axis.
+_MAX_COARSE = 32769
+
+
+def _coarse_sizes(shape: Sequence[int]) -> list[int]:
+    """Grid sizes along each axis of make_sample_scan's coarse random fields."""
+    nz, ny, nx = shape
+    size = min(ny, nx)
+    sizes = []
+    for cell in (max(3, size // 32), max(4, size // 4)):
+        sizes += [nz // max(1, cell // 2) + 2, ny // cell + 2, nx // cell + 2]
+    return sizes
+
+
+def _drawable_shape(shape: Sequence[int]) -> list[int]:
+    """`shape`, with each axis too long to be drawn cut to the longest that can be."""
+    result = list(shape)
+    for _ in range(3):
+        sizes = _coarse_sizes(result)
+        if max(sizes) <= _MAX_COARSE:
+            break
+        axis = sizes.index(max(sizes)) % 3  # the axis with the most grid points
+        low, high = 1, result[axis]
+        while low < high:  # the longest this axis may be, the others as they are
+            middle = (low + high + 1) // 2
+            trial = result[:axis] + [middle] + result[axis + 1:]
+            low, high = (middle, high) if max(_coarse_sizes(trial)) <= _MAX_COARSE else (low, middle - 1)
+        result[axis] = low
+    return result
+
+
+def _fitting_shape(shape: tuple[int, ...], limit: int) -> list[int]:
+    """`shape` shrunk in proportion until it holds at most `limit` voxels."""
+    shape_ = list(shape)
+    for _ in range(3):  # sizes that reach 1 leave the rest to shrink further
+        large = [i for i, n in enumerate(shape_) if n > 1]
+        total = math.prod(shape_)
+        if total <= limit or not large:
+            break
+        factor = (max(limit, 1) / total) ** (1 / len(large))
+        for i in large:
+            shape_[i] = max(1, int(shape_[i] * factor))
+    return shape_
+
+
 def write_sample_dataset(
     out: str | os.PathLike, scans: int = 4, seed: int = 0,
     shape: tuple[int, int, int] = (32, 128, 128), overwrite: bool = False,
@@ -163,7 +270,12 @@ def write_sample_dataset(
 
     Returns the scan ids. Scan k uses a generator seeded from (seed, k), so the same seed
     always gives the same scans.
+
+    Raises:
+        BoneAppsError: the request cannot be made here (check_sample_request), or OUT holds
+            files bone_apps did not write.
     """
+    check_sample_request(out, scans, shape)
     out = Path(out).expanduser()
     from bone_apps.core.outputs import claim_folder
 

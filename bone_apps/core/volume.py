@@ -590,11 +590,15 @@ def _ome_voxel_size(xml: str) -> VoxelSize | None:
 # Pairs
 
 
-def check_same_shape(first: Volume, second: Volume, what: str = "mask") -> None:
-    """Raise ShapeMismatchError unless two volumes have the same (Z, Y, X)."""
+def check_same_shape(first: Volume, second: Volume, what: str = "mask", of: str = "scan") -> None:
+    """Raise ShapeMismatchError unless two volumes have the same (Z, Y, X).
+
+    `what` names the second volume and `of` the first in the advice ("choose the mask that
+    belongs to this scan", "the prediction that belongs to this reference").
+    """
     if first.shape != second.shape:
         fz, fy, fx = first.shape
         sz, sy, sx = second.shape
         raise ShapeMismatchError(
             f"{second.path} is {sz}x{sy}x{sx} (slices x height x width) but {first.path} is "
-            f"{fz}x{fy}x{fx}: choose the {what} that belongs to this scan.")
+            f"{fz}x{fy}x{fx}: choose the {what} that belongs to this {of}.")

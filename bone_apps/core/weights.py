@@ -133,8 +133,16 @@ def load_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
     import torch
 
     path = Path(path).expanduser()
+    if path.is_dir():
+        inside = path / "model.pth"
+        hint = f" (this fit run's weights are {inside})" if inside.is_file() else ""
+        raise WeightsError(f"{path} is a folder, not a weights file: choose the .pth file written "
+                           f"by bone fit{hint}.")
     if not path.is_file():
         raise WeightsError(f"{path} does not exist: choose a .pth weights file written by bone fit.")
+    if path.stat().st_size == 0:
+        raise WeightsError(f"{path} is empty (0 bytes), not a bone_apps weights file: copy it "
+                           "again or choose another weights file.")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any failure here means "not our file"
@@ -143,11 +151,9 @@ def load_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
                 f"{path} is incomplete or damaged (it ends too early or its contents do not "
                 "add up, e.g. a copy or download that was cut short); it was not loaded: copy "
                 "it again or choose another weights file.") from None
-        reason = "it contains code or objects that are not plain data" if (
-            "weights_only" in str(exc) or "Unsupported global" in str(exc)) else str(exc).split("\n")[0]
         raise WeightsError(
-            f"{path} is not a bone_apps weights file ({reason}); it was not loaded: choose a "
-            "weights file written by bone fit.") from None
+            f"{path} is not a bone_apps weights file ({_unreadable_reason(path, exc)}); it was "
+            "not loaded: choose a weights file written by bone fit.") from None
     if not isinstance(payload, dict) or "format" not in payload:
         raise WeightsError(f"{path} is a PyTorch file but not a bone_apps weights file: choose a "
                            "weights file written by bone fit.")
@@ -170,6 +176,24 @@ def load_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
                            "with this version of bone fit.")
     _check_parameters(path, state, meta)
     return state, meta
+
+
+def _unreadable_reason(path: Path, exc: Exception) -> str:
+    """Why torch.load refused `path`, in words: code in a pickle, a web page or text saved
+    under a .pth name (a failed download), or PyTorch's own first line."""
+    try:
+        with open(path, "rb") as file:
+            head = file.read(512).lstrip().lower()
+    except OSError:
+        head = b""
+    if head.startswith((b"<!doctype html", b"<html")) or b"<html" in head:
+        return "it is a web page, e.g. a sign-in or error page saved instead of a download"
+    if head and all(32 <= b < 127 or b in b"\t\r\n" for b in head):
+        return "it is a text file"
+    # With weights_only, torch names that option for anything it cannot unpickle safely.
+    if "weights_only" in str(exc) or "Unsupported global" in str(exc):
+        return "it contains code or objects that are not plain data"
+    return str(exc).split("\n")[0].strip() or "PyTorch cannot read it"
 
 
 def _damaged_zip(path: Path) -> bool:

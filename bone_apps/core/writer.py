@@ -6,16 +6,17 @@ the last one is in, so an interrupted write never leaves a half-written output.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 import tifffile
 
 from bone_apps.core import outputs
-from bone_apps.core.errors import VolumeError
+from bone_apps.core.errors import OutputExistsError, VolumeError
 from bone_apps.core.volume import VoxelSize, is_tiff_path
 
 
@@ -40,11 +41,11 @@ class VolumeWriter:
         overwrite: replace an existing target that bone_apps wrote (a folder with its marker
             file, a multi-page TIFF with its tag); otherwise an existing target is an error.
             Anything else is refused (ForeignFilesError) and never touched.
+        compression: tifffile compression name (e.g. "zlib"), or None for uncompressed.
 
     While writing, the target's lock (a hidden `.NAME.lock` next to it) keeps other bone_apps
     runs from writing it too. Disk errors (full, read-only, vanished folder) raise
     OutputWriteError with one sentence and leave no temporary output.
-        compression: tifffile compression name (e.g. "zlib"), or None for uncompressed.
     """
 
     def __init__(
@@ -75,7 +76,7 @@ class VolumeWriter:
         self.written = 0
         self._writer: tifffile.TiffWriter | None = None
         self._lock = outputs.OutputLock(self.target).acquire()
-        try:
+        with self._aborting():
             outputs.check_target(self.target, overwrite)  # again: it may have changed meanwhile
             outputs.clean_stale(self.target)
             if self.multipage:
@@ -83,6 +84,13 @@ class VolumeWriter:
                 self._writer = tifffile.TiffWriter(self.partial, bigtiff=bigtiff)
             else:
                 self.partial.mkdir()
+
+    @contextlib.contextmanager
+    def _aborting(self) -> Iterator[None]:
+        """On any error inside: remove the temporary output (the target stays as it was) and
+        re-raise; a disk error becomes OutputWriteError with one sentence."""
+        try:
+            yield
         except OSError as exc:
             self.abort()
             raise outputs.output_error(exc, self.target) from None
@@ -110,7 +118,7 @@ class VolumeWriter:
         meta = None
         if self.voxel_size is not None:
             meta = {"spacing": self.voxel_size.z / 1e4, "unit": "cm"}
-        try:
+        with self._aborting():
             if self._writer is not None:
                 # The tag that proves the file is ours (checked before replacing it).
                 shaped = {"shape": list(self.shape), "written_by": outputs.WRITTEN_BY}
@@ -120,9 +128,6 @@ class VolumeWriter:
             else:
                 tifffile.imwrite(self.partial / self.slice_names[self.written], data,
                                  metadata=meta, **kwargs)
-        except OSError as exc:
-            self.abort()
-            raise outputs.output_error(exc, self.target) from None
         self.written += 1
 
     def commit(self) -> Path:
@@ -131,7 +136,7 @@ class VolumeWriter:
             self.abort()
             raise VolumeError(f"only {self.written} of {self.shape[0]} slices of {self.target} "
                               "were written; the output was not saved.")
-        try:
+        with self._aborting():
             if self._writer is not None:
                 self._writer.close()
                 self._writer = None
@@ -140,8 +145,6 @@ class VolumeWriter:
                                      reproducible=True)
             if os.path.lexists(self.target):
                 if not self.overwrite:
-                    from bone_apps.core.errors import OutputExistsError
-
                     raise OutputExistsError(f"{self.target} appeared while writing: choose another output.")
                 outputs.check_replaceable(self.target)
                 old = outputs.absolute(self.target)
@@ -151,12 +154,6 @@ class VolumeWriter:
                 self._remove(old)
             else:
                 os.replace(self.partial, self.target)
-        except OSError as exc:
-            self.abort()
-            raise outputs.output_error(exc, self.target) from None
-        except BaseException:
-            self.abort()
-            raise
         self._lock.release()
         return self.target
 

@@ -2,7 +2,9 @@
 
 Two stages so a row shows something at once: the headers (shape, pixel types, voxel size,
 shape match) take milliseconds; counting the mask's labels streams the mask slice by slice
-and stops between slices when asked. The full check before fitting is the engine's
+and stops between slices when asked, or as soon as the mask holds more values than a label
+mask may (a scan chosen as the mask). Masks whose values are not 0..N-1 (e.g. 0/255) are
+flagged as mapped, as core.labels maps them. The full check before fitting is the engine's
 (core.pairs.check_pairs); this one only tells the user early.
 """
 
@@ -17,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from bone_apps.core.errors import BoneAppsError
+from bone_apps.core.labels import MAX_LABEL_VALUES, label_map_for, too_many_values, value_preview
 from bone_apps.core.volume import check_same_shape, open_volume
 
 
@@ -24,8 +27,10 @@ from bone_apps.core.volume import check_same_shape, open_volume
 class PairCheck:
     """What is known about one row's pair so far.
 
-    `labels` is None while the mask is being counted; `problem` is one plain sentence
-    (empty when the pair is usable); `warning` is advice that does not block fitting.
+    `label_counts` is None while the mask is being counted, then the voxels of each value
+    in `label_values` (the mask's distinct values, sorted); `mapped` says those values are not
+    0..N-1 and become classes 0..N-1 in sorted order. `problem` is one plain sentence (empty
+    when the pair is usable); `warning` is advice that does not block fitting.
     """
 
     key: int
@@ -36,6 +41,8 @@ class PairCheck:
     mask_dtype: str = ""
     voxel_size: str = ""
     label_counts: tuple[int, ...] | None = None
+    label_values: tuple[int, ...] = ()
+    mapped: bool = False
     problem: str = ""
     warning: str = ""
 
@@ -45,7 +52,8 @@ class PairCheck:
 
     @property
     def labels(self) -> list[int]:
-        return [i for i, c in enumerate(self.label_counts or ()) if c]
+        """The mask values found (with at least one voxel)."""
+        return [v for v, c in zip(self.label_values, self.label_counts or ()) if c]
 
     def summary(self) -> str:
         """One short line for the table cell."""
@@ -61,7 +69,8 @@ class PairCheck:
         text = f"{z}×{y}×{x} · {self.scan_dtype}"
         if self.label_counts is None:
             return f"{text} · counting labels…"
-        text += f" · classes {','.join(map(str, self.labels))}"
+        if not self.mapped:  # a mapping's warning lists the values itself
+            text += f" · classes {','.join(map(str, self.labels))}"
         return f"⚠ {text} · {self.warning}" if self.warning else f"✔ {text}"
 
     def details(self) -> str:
@@ -73,8 +82,9 @@ class PairCheck:
                          f"{self.mask_dtype}; voxel size {self.voxel_size or 'not recorded'}")
         if self.label_counts:
             total = sum(self.label_counts) or 1
-            lines.append("Voxels per label: " + ", ".join(
-                f"{i}: {100 * c / total:.1f} %" for i, c in enumerate(self.label_counts) if c))
+            lines.append(f"Voxels per {'value' if self.mapped else 'label'}: " + ", ".join(
+                f"{v}: {100 * c / total:.1f} %" for v, c in zip(self.label_values, self.label_counts)
+                if c))
         if self.problem or self.warning:
             lines.append(self.problem or self.warning)
         return "\n".join(lines)
@@ -100,11 +110,15 @@ def check_headers(key: int, scan: str, mask: str) -> PairCheck:
 
 def count_labels(check: PairCheck, stop: threading.Event,
                  class_count: int | None = None) -> PairCheck | None:
-    """Count the mask's voxels per label, slice by slice; None if stopped first.
+    """Count the mask's voxels per value, slice by slice; None if stopped first.
 
-    `class_count` (when the user named the classes) makes labels beyond it a problem.
+    A mask with more than MAX_LABEL_VALUES values (a scan chosen as the mask) is a problem,
+    found without reading the rest of it. Values that are not 0..N-1 (0/255, 1/2/3) are
+    mapped to classes in sorted order, as fitting does (core.labels.label_map_for): a warning.
+    `class_count` (when the user named the classes) makes more values than names a problem.
     """
     counts = np.zeros(0, dtype=np.int64)
+    complete = True
     try:
         with open_volume(Path(check.mask), role="mask") as volume:
             for z in range(volume.shape[0]):
@@ -114,16 +128,32 @@ def count_labels(check: PairCheck, stop: threading.Event,
                 if c.size > counts.size:
                     counts = np.pad(counts, (0, c.size - counts.size))
                 counts[: c.size] += c
+                if np.count_nonzero(counts) > MAX_LABEL_VALUES:
+                    complete = z == volume.shape[0] - 1
+                    break
     except BoneAppsError as exc:
         return replace(check, problem=str(exc))
-    result = replace(check, label_counts=tuple(int(c) for c in counts))
-    extra = [lab for lab in result.labels if class_count and lab >= class_count]
-    if extra:
+    values = [int(v) for v in np.flatnonzero(counts)]
+    scan_like = too_many_values(check.mask, values, complete)
+    if scan_like:
+        return replace(check, label_counts=(), problem=scan_like)
+    result = replace(check, label_values=tuple(values),
+                     label_counts=tuple(int(counts[v]) for v in values))
+    extra = [v for v in values if class_count and v >= class_count]
+    if extra and len(values) > class_count:
         return replace(result, problem=(
             f"the mask holds label(s) {', '.join(map(str, extra))} but only {class_count} classes "
             "are named: name every label in Advanced mode or fix the mask"))
-    if result.labels in ([], [0]):
+    if values in ([], [0]):
         return replace(result, warning="only background: this mask teaches nothing to find")
+    if extra:  # as many values as names or fewer: the names take the sorted values in order
+        return replace(result, mapped=True, warning=(
+            f"values {value_preview(values)} will be mapped to classes in sorted order; all masks "
+            f"together must hold {class_count} values, one per named class"))
+    if not label_map_for(values).is_identity:
+        return replace(result, mapped=True, warning=(
+            f"values {value_preview(values)} will be mapped to classes 0..{len(values) - 1} in "
+            "sorted order; predictions keep these values"))
     return result
 
 

@@ -25,7 +25,7 @@ from PySide6.QtWidgets import (
 
 from bone_apps.core import runfiles
 from bone_apps.core.errors import BoneAppsError
-from bone_apps.core.fitconfig import FitConfig, easy_config
+from bone_apps.core.fitconfig import FitConfig, easy_config, resume_request, resumed_config
 from bone_apps.core.pairs import pairs_from_paths
 from bone_apps.dlfit.curves import FitMonitor
 from bone_apps.dlfit.dialogs import ask_about_earlier_run, choose_config_file
@@ -108,8 +108,8 @@ class DLFitWindow(QMainWindow):
             "S&top", "End at the next safe point and keep a checkpoint to resume from. "
             "(Shift+F5)", self.stop)
         self.resume_button = self._button(
-            "Res&ume", "Continue the stopped run in the output folder with the options it "
-            "started with. (F6)", self.resume)
+            "Res&ume", "Continue the run in the output folder with the options it started "
+            "with; more Epochs fit it further. (F6)", self.resume)
         run_row = QHBoxLayout()
         for button in (self.start_button, self.stop_button, self.resume_button):
             run_row.addWidget(button)
@@ -128,6 +128,7 @@ class DLFitWindow(QMainWindow):
         self.runner = FitRunner(self.monitor, self)
         self.runner.error.connect(self._error)
         self.runner.finished.connect(self._on_fit_finished)
+        self.easy_epochs.valueChanged.connect(self._update_buttons)  # more epochs: Resume
         self.splitter = QSplitter(Qt.Orientation.Horizontal)
         self.splitter.addWidget(setup)
         self.splitter.addWidget(self.monitor)
@@ -261,23 +262,37 @@ class DLFitWindow(QMainWindow):
         self.question = None
 
     def resume(self) -> None:
-        """Continue the stopped run in the output folder, with the options it started with."""
+        """Continue the run in the output folder (resume_config's options; refusals: a dialog)."""
         if self.runner.is_running():
             return
         out = self.out.path()
-        if out is None or run_status(out) != "resumable":
+        status = run_status(out) if out is not None else ""
+        if status not in ("resumable", "completed"):
             self._error("The output folder holds no stopped run to resume: choose the folder of "
                         "a stopped run, or press Start for a new one.")
             return
         try:
-            saved = FitConfig.load(out / runfiles.CONFIG)
+            config = self.resume_config(out)
         except BoneAppsError as exc:
             self._error(str(exc))
             return
-        current = self.advanced.values() if self.is_advanced() else {}
-        changes = {k: current[k] for k in ("workers", "device", "stats_workers", "profile")
-                   if k in current}
-        self._launch(saved.replace(out=str(out), **changes), resume=True)
+        if status == "completed" and config.epochs <= len(read_history(out)):
+            self._error("The run in the output folder is finished: raise Epochs to fit it "
+                        "further, or press Start for a new run.")
+            return
+        self._launch(config, resume=True)
+
+    def resume_config(self, out: Path) -> FitConfig:
+        """The run in `out` with Advanced mode's options (Easy mode: the epochs), checked by
+        fitconfig.resumed_config: device, processes, cache and profiling may change, the
+        epochs may grow. Raises BoneAppsError naming an option that may not change."""
+        saved = FitConfig.load(out / runfiles.CONFIG)
+        changes = dict(self.advanced.values()) if self.is_advanced() else {}
+        changes["epochs"] = self.easy_epochs.value()  # both modes' epochs stay in step
+        if changes.get("augmentation") is not None:
+            changes["augmentation"] = changes["augmentation"].to_dict()
+        requested = resume_request(saved, changes, str(out))
+        return resumed_config(saved, requested, len(read_history(out)), str(out))
 
     def _launch(self, config: FitConfig, resume: bool = False, overwrite: bool = False) -> None:
         self.last_error = ""
@@ -301,8 +316,9 @@ class DLFitWindow(QMainWindow):
         self.start_button.setEnabled(not running)
         self.stop_button.setEnabled(running)
         out = self.out.path()
-        self.resume_button.setEnabled(not running and out is not None
-                                      and run_status(out) == "resumable")
+        status = run_status(out) if out is not None else ""
+        self.resume_button.setEnabled(not running and (status == "resumable" or (
+            status == "completed" and self.easy_epochs.value() > len(read_history(out)))))
         for widget in (self.pairs, self.advanced, self.out, self.easy_radio, self.advanced_radio,
                        self.easy_epochs):
             widget.setEnabled(not running)
@@ -314,17 +330,17 @@ class DLFitWindow(QMainWindow):
         if status in ("resumable", "completed") and not self.runner.is_running():
             history = read_history(out)
             try:
-                epochs = FitConfig.load(out / runfiles.CONFIG).epochs
+                saved = FitConfig.load(out / runfiles.CONFIG)
+                self.advanced.set_config(saved)  # Resume continues with the run's options
+                self.easy_epochs.setValue(saved.epochs)
             except BoneAppsError:
-                epochs = None
-            self.monitor.set_history(history, epochs)
-            if status == "resumable":
-                self.statusBar().showMessage(
-                    f"This folder holds a stopped run ({len(history)} epochs done): press Resume "
-                    "to continue it, or choose another folder for a new run.")
-            else:
-                self.statusBar().showMessage("This folder holds a finished run: choose another "
-                                             "folder for a new run.")
+                saved = None
+            self.monitor.set_history(history, saved.epochs if saved else None)
+            self.statusBar().showMessage(
+                f"This folder holds a stopped run ({len(history)} epochs done): press Resume to "
+                "continue it, or choose another folder for a new run." if status == "resumable"
+                else "This folder holds a finished run: raise Epochs and press Resume to fit it "
+                "further, or choose another folder for a new run.")
         self._update_buttons()
 
     def _class_names_changed(self) -> None:

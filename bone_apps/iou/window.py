@@ -26,7 +26,9 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from bone_apps.core.errors import BoneAppsError
 from bone_apps.core.metrics import IoUResult
+from bone_apps.core.outputs import write_atomic
 from bone_apps.core.scoring import ScoreProgress, result_csv, score_stacks, write_result_json
 from bone_apps.ui.dialogs import show_error
 from bone_apps.ui.pickers import PathPicker
@@ -226,14 +228,19 @@ class IoUWindow(QMainWindow):
             self.statusBar().showMessage("Table copied as CSV.")
 
     def save(self, path: Path) -> Path:
-        """Save the results as CSV or JSON, by the file's suffix."""
+        """Save the results as CSV or JSON, by the file's suffix, atomically.
+
+        The save dialog has asked before replacing a file; a JSON file is still replaced only
+        when bone_apps wrote it (ForeignFilesError otherwise), as `bone iou --json` does.
+        """
         if self.result is None:
             raise ValueError("nothing to save yet")
         path = Path(path)
         if path.suffix.lower() == ".json":
-            write_result_json(self.result, path, self.reference.path(), self.prediction.path())
+            write_result_json(self.result, path, self.reference.path(), self.prediction.path(),
+                              overwrite=True)
         else:
-            path.write_text(result_csv(self.result))
+            write_atomic(path, result_csv(self.result))
         self.statusBar().showMessage(f"Saved {path}")
         return path
 
@@ -244,8 +251,10 @@ class IoUWindow(QMainWindow):
         if file:
             try:
                 self.save(Path(file))
-            except OSError as exc:
-                self._error(f"{file} could not be written ({exc.strerror}): choose another place.")
+            except BoneAppsError as exc:  # a foreign JSON file, a full disk, a read-only folder
+                self.last_error = str(exc)
+                self.statusBar().showMessage("Not saved: see the message.")
+                show_error(self, "IoU", str(exc))
 
     def closeEvent(self, event) -> None:  # noqa: N802 - Qt override
         if self.worker is not None:
