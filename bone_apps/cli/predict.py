@@ -60,6 +60,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--probabilities", action="store_true",
                         help="also write each class's probability stack (uint8, 0-255) next to the labels")
     parser.add_argument("--report", type=Path, metavar="FILE.json", help="also write the report as JSON")
+    clean = parser.add_argument_group(
+        "clean-up (off unless one of these is given)",
+        "Clean each label stack before it is saved, as `bone clean` would: removed voxels take the "
+        "label that surrounds them most. LABEL is a value as written in the output. The labels are "
+        "then held in memory (about 14 bytes per voxel); the report records the options and the "
+        "voxels each class gained or lost.")
+    clean.add_argument("--clean-largest", type=int, nargs="+", metavar="LABEL",
+                       help="keep only the largest connected piece of these labels")
+    clean.add_argument("--clean-min-island", type=int, default=0, metavar="N",
+                       help="remove pieces of any non-zero label with fewer than N voxels")
+    clean.add_argument("--clean-fill-holes", type=int, default=0, metavar="N",
+                       help="fill background pockets enclosed by one label with fewer than N voxels")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace existing outputs, only ones bone_apps wrote (others are "
                              "never touched)")
@@ -83,7 +95,7 @@ class _Progress:
                         dynamic_ncols=True, **kwargs)
 
     def __call__(self, event) -> None:
-        from bone_apps.core.predict import ScanStarted, SliceProgress, StatsProgress
+        from bone_apps.core.predict import ScanCleaning, ScanStarted, SliceProgress, StatsProgress
 
         if isinstance(event, StatsProgress):
             if self.kind != "stats":
@@ -96,6 +108,8 @@ class _Progress:
             self._new("slices", total=event.shape[0], unit="slice", desc=label)
         elif isinstance(event, SliceProgress) and self.bar is not None:
             self.bar.update(event.done - self.bar.n)
+        elif isinstance(event, ScanCleaning) and self.bar is not None:
+            self.bar.set_description(f"cleaning {Path(event.output).name}")
 
     def close(self) -> None:
         if self.bar is not None:
@@ -105,6 +119,7 @@ class _Progress:
 
 
 def run(args: argparse.Namespace) -> int:
+    from bone_apps.core.cleanup import CleanOptions
     from bone_apps.core.errors import PredictConfigError
     from bone_apps.core.normalize import default_cache_dir
     from bone_apps.core.predict import PredictConfig, predict, scans_in
@@ -118,7 +133,9 @@ def run(args: argparse.Namespace) -> int:
         scans=tuple(scans), weights=args.weights, out=args.out, chunk=args.chunk,
         chunk_depth=args.chunk_depth, overlap=args.overlap, threshold=args.threshold, blend=args.blend,
         batch=args.batch, device=args.device, tta=args.tta, probabilities=args.probabilities,
-        overwrite=args.overwrite, report=args.report, stats_cache=default_cache_dir())
+        overwrite=args.overwrite, report=args.report, stats_cache=default_cache_dir(),
+        clean=CleanOptions(largest=tuple(args.clean_largest or ()), min_island=args.clean_min_island,
+                           fill_holes=args.clean_fill_holes))
     rank = int(os.environ.get("RANK", "0") or 0)
     # The report is checked with the other outputs before any work, and written by rank 0.
     progress = _Progress(enabled=rank == 0)

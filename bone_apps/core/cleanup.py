@@ -53,6 +53,29 @@ class CleanOptions:
     min_island: int = 0
     fill_holes: int = 0
 
+    @classmethod
+    def from_dict(cls, data: dict) -> CleanOptions:
+        """The options as `dataclasses.asdict` wrote them (e.g. in a prediction report)."""
+        return cls(largest=tuple(int(v) for v in data.get("largest") or ()),
+                   min_island=int(data.get("min_island") or 0), fill_holes=int(data.get("fill_holes") or 0))
+
+    @property
+    def active(self) -> bool:
+        """True when at least one operation is chosen."""
+        return bool(self.largest or self.min_island or self.fill_holes)
+
+    def describe(self) -> str:
+        """The chosen operations in a few words, e.g. "islands under 100 voxels removed"."""
+        parts = []
+        if self.largest:
+            parts.append("largest piece of label " + ", ".join(str(v) for v in sorted(set(self.largest)))
+                         + " kept")
+        if self.min_island:
+            parts.append(f"islands under {self.min_island:,} voxels removed")
+        if self.fill_holes:
+            parts.append(f"holes under {self.fill_holes:,} voxels filled")
+        return "; ".join(parts) or "nothing"
+
 
 @dataclass(frozen=True)
 class CleanStep:
@@ -140,11 +163,16 @@ def clean_mask(mask: str | os.PathLike | Volume, out: str | os.PathLike, options
     return CleanReport(report.steps, str(written))
 
 
-def _check(options: CleanOptions) -> None:
+def check_sizes(options: CleanOptions) -> None:
+    """Raises CleanError when an island or hole size is negative."""
     if options.min_island < 0 or options.fill_holes < 0:
         raise CleanError(f"sizes must be 0 or more voxels (island {options.min_island}, hole "
                          f"{options.fill_holes}): give a positive number of voxels.")
-    if not (options.largest or options.min_island or options.fill_holes):
+
+
+def _check(options: CleanOptions) -> None:
+    check_sizes(options)
+    if not options.active:
         raise CleanError("no clean-up was asked for: give --largest, --min-island or --fill-holes.")
 
 

@@ -52,6 +52,7 @@ from bone_apps.core.windows import (
 if TYPE_CHECKING:
     import torch
 
+    from bone_apps.core.cleanup import CleanOptions, CleanStep
     from bone_apps.core.normalize import ScanStats
 
 HISTOGRAM_BINS = 10
@@ -96,6 +97,10 @@ class PredictConfig:
         report: a JSON file to write the report to.
         stats_cache: folder caching per-scan statistics (None: no cache).
         stats_workers: processes computing statistics (None: one per scan up to the CPU count).
+        clean: clean-up of each label stack before it is saved (core/cleanup.py), with labels
+            as written in the output (the values `bone clean` takes); None, or options that
+            choose nothing: off. The scan's labels are then held and cleaned in memory (about
+            14 bytes per voxel) and written once, cleaned.
     """
 
     scans: tuple[Path, ...]
@@ -114,6 +119,7 @@ class PredictConfig:
     report: Path | None = None
     stats_cache: Path | None = None
     stats_workers: int | None = None
+    clean: CleanOptions | None = None
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -145,6 +151,13 @@ class PredictConfig:
         if not _DEVICE_RE.match(self.device):
             raise PredictConfigError(
                 f"device {self.device!r} is unknown: use auto, cpu, cuda, cuda:N or cuda:N,M.")
+        if self.clean is not None:
+            from bone_apps.core.cleanup import CleanOptions, check_sizes
+
+            # A dict: the config as a report holds it.
+            clean = CleanOptions.from_dict(self.clean) if isinstance(self.clean, dict) else self.clean
+            check_sizes(clean)
+            set_(self, "clean", clean if clean.active else None)
 
     def to_dict(self) -> dict:
         """Plain data (paths as strings), for the report."""
@@ -214,12 +227,22 @@ class SliceProgress:
 
 
 @dataclass(frozen=True)
+class ScanCleaning:
+    """Every slice of the current scan is labelled; the stack is being cleaned before it is saved."""
+
+    index: int
+    output: Path
+
+
+@dataclass(frozen=True)
 class ScanResult:
     """What prediction found in one scan, and what it cost.
 
-    counts are voxels per class after the threshold; confidence_sum is the sum of winning
-    probabilities; reassigned counts voxels whose non-background winner fell below the
-    threshold; histogram counts winning probabilities in 10 bins over [0, 1].
+    counts are voxels per class in the saved labels (after the threshold, and after the
+    clean-up when there was one); confidence_sum is the sum of winning probabilities;
+    reassigned counts voxels whose non-background winner fell below the threshold; histogram
+    counts winning probabilities in 10 bins over [0, 1]. With a clean-up, counts_before_clean
+    holds the counts before it and clean_steps what each of its operations changed.
     """
 
     scan: str
@@ -239,10 +262,19 @@ class ScanResult:
     peak_open_slices: int
     peak_cached_slices: int
     rank: int = 0  # the torchrun process that predicted it
+    counts_before_clean: tuple[int, ...] | None = None
+    clean_steps: tuple[CleanStep, ...] = ()
 
     @property
     def voxels(self) -> int:
         return int(sum(self.counts))
+
+    @property
+    def clean_change(self) -> list[int] | None:
+        """Voxels each class gained (+) or lost (-) in the clean-up; None without one."""
+        if self.counts_before_clean is None:
+            return None
+        return [int(a - b) for a, b in zip(self.counts, self.counts_before_clean)]
 
     @property
     def fractions(self) -> list[float]:
@@ -259,13 +291,18 @@ class ScanResult:
     def to_dict(self) -> dict:
         data = asdict(self)
         data.update(voxels=self.voxels, fractions=self.fractions, mean_confidence=self.mean_confidence,
-                    reassigned_fraction=self.reassigned_fraction)
+                    reassigned_fraction=self.reassigned_fraction, clean_change=self.clean_change)
+        data["clean_steps"] = [asdict(step) for step in self.clean_steps]
         return data
 
     @classmethod
     def from_dict(cls, data: dict) -> ScanResult:
         names = [f.name for f in cls.__dataclass_fields__.values() if f.name in data]
         values = {k: tuple(data[k]) if isinstance(data[k], list) else data[k] for k in names}
+        if values.get("clean_steps"):
+            from bone_apps.core.cleanup import CleanStep
+
+            values["clean_steps"] = tuple(CleanStep(**step) for step in values["clean_steps"])
         return cls(**values)
 
 
@@ -277,7 +314,7 @@ class ScanFinished:
     result: ScanResult
 
 
-PredictEvent = StatsProgress | ScanStarted | SliceProgress | ScanFinished
+PredictEvent = StatsProgress | ScanStarted | SliceProgress | ScanCleaning | ScanFinished
 
 
 def _gb(value: int | None) -> str:
@@ -331,6 +368,24 @@ class PredictReport:
     def histogram(self) -> list[int]:
         return [int(sum(s.histogram[b] for s in self.scans)) for b in range(HISTOGRAM_BINS)]
 
+    @property
+    def clean_change(self) -> list[int] | None:
+        """Voxels each class gained (+) or lost (-) in the clean-up of every scan; None without one."""
+        changes = [s.clean_change for s in self.scans if s.clean_change is not None]
+        if not changes:
+            return None
+        return [int(sum(change[c] for change in changes)) for c in range(len(self.class_names))]
+
+    def clean_summary(self) -> dict | None:
+        """The clean-up's options and what it changed over all scans; None when it was off."""
+        change = self.clean_change
+        if change is None:
+            return None
+        before = [int(sum((s.counts_before_clean or s.counts)[c] for s in self.scans))
+                  for c in range(len(self.class_names))]
+        return {"options": self.config.get("clean"), "counts_before": before, "change": change,
+                "voxels_changed": int(sum(step.voxels for s in self.scans for step in s.clean_steps))}
+
     def to_dict(self) -> dict:
         return {
             "scans": [s.to_dict() for s in self.scans],
@@ -340,6 +395,7 @@ class PredictReport:
                 "reassigned_fraction": self.reassigned_fraction, "threshold": self.threshold,
                 "histogram": self.histogram,
                 "histogram_edges": [b / HISTOGRAM_BINS for b in range(HISTOGRAM_BINS + 1)],
+                "clean": self.clean_summary(),
             },
             "benchmark": {
                 "wall_s": self.wall_s, "model_s": self.model_s, "peak_rss_bytes": self.peak_rss_bytes,
@@ -359,6 +415,15 @@ class PredictReport:
         share = ", ".join(f"{name} {100 * f:.2f} % ({c:,})"
                           for name, f, c in zip(self.class_names, self.fractions, self.counts))
         lines.append(f"classes: {share}")
+        clean = self.clean_summary()
+        if clean is not None:
+            from bone_apps.core.cleanup import CleanOptions
+
+            moved = ", ".join(f"{name} {delta:+,}" for name, delta in zip(self.class_names, clean["change"])
+                              if delta)
+            what = CleanOptions.from_dict(clean["options"] or {}).describe()
+            lines.append(f"clean-up ({what}): {clean['voxels_changed']:,} voxels changed"
+                         + (f" ({moved})" if moved else ""))
         lines.append(f"confidence: mean winning probability {self.mean_confidence:.4f}; "
                      f"{100 * self.reassigned_fraction:.2f} % of voxels reassigned to background "
                      f"(threshold {self.threshold:g})")
@@ -1178,19 +1243,60 @@ def _predict_job(job: ScanJob, scans: int, stats: ScanStats, model, spec: ModelS
                 target, volume.shape, dtype, slice_names=names, voxel_size=volume.voxel_size,
                 overwrite=config.overwrite))
             sinks.append(writer.write)
+        held = None
+        if config.clean is not None:  # the labels are cleaned whole, then written once
+            held, save_labels = _HeldLabels(volume.shape, label_dtype), sinks[0]
+            sinks[0] = held.write
         if spec.label_values:
             to_values, write_labels = LabelMap(spec.label_values).to_values, sinks[0]
             sinks[0] = lambda labels: write_labels(to_values(labels))
         tally = yield from segment_volume(volume, stats, spec, runner, plan, sinks, config.threshold,
                                           config.blend, stop, job.index)
+        counts, before, steps = tuple(tally["counts"]), None, ()
+        if held is not None:
+            yield ScanCleaning(job.index, job.labels)
+            before = counts
+            counts, steps = _clean_and_save(held.array, config.clean, spec, save_labels)
+            if stop is not None and stop.is_set():
+                raise Cancelled("prediction was stopped; the unfinished output was removed.")
     return ScanResult(
         scan=str(job.scan), output=str(job.labels), probabilities=tuple(str(p) for p in job.probabilities),
-        shape=tuple(volume.shape), class_names=spec.class_names, counts=tuple(tally["counts"]),
+        shape=tuple(volume.shape), class_names=spec.class_names, counts=counts,
         confidence_sum=tally["confidence_sum"], reassigned=tally["reassigned"],
         histogram=tuple(tally["histogram"]), wall_s=time.perf_counter() - started,
         model_s=runner.model_seconds, batch=runner.batch,
         window=plan.window, chunks=plan.chunks, peak_open_slices=tally["peak_open_slices"],
-        peak_cached_slices=tally["peak_cached_slices"], rank=rank)
+        peak_cached_slices=tally["peak_cached_slices"], rank=rank, counts_before_clean=before,
+        clean_steps=steps)
+
+
+class _HeldLabels:
+    """The label slices of one scan, kept in memory for the clean-up."""
+
+    def __init__(self, shape: tuple[int, int, int], dtype: np.dtype | type) -> None:
+        self.array = np.empty(shape, dtype=dtype)
+        self.written = 0
+
+    def write(self, labels: np.ndarray) -> None:
+        self.array[self.written] = labels
+        self.written += 1
+
+
+def _clean_and_save(labels: np.ndarray, options: CleanOptions, spec: ModelSpec,
+                    save: Callable[[np.ndarray], None]) -> tuple[tuple[int, ...], tuple[CleanStep, ...]]:
+    """Clean a (Z, Y, X) stack of output values and hand each slice to `save`.
+
+    Returns the voxels per class of the cleaned stack and the clean-up's steps.
+    """
+    from bone_apps.core.cleanup import clean_labels
+
+    cleaned, report = clean_labels(labels, options)
+    values = list(spec.label_values or range(spec.classes))
+    by_value = np.zeros(max(values) + 1, dtype=np.int64)
+    for plane in cleaned:
+        by_value += np.bincount(plane.reshape(-1), minlength=by_value.size)[:by_value.size]
+        save(plane)
+    return tuple(int(by_value[v]) for v in values), tuple(report.steps)
 
 
 def run_predict(config: PredictConfig, stop: threading.Event | None = None,

@@ -15,6 +15,7 @@ from PySide6.QtWidgets import (
     QPushButton,
     QScrollArea,
     QSplitter,
+    QTabWidget,
     QVBoxLayout,
     QWidget,
 )
@@ -26,6 +27,7 @@ from bone_apps.core.slice_validation import InferenceSettings
 from bone_apps.core.volume import Volume
 from bone_apps.dlpred import bridge
 from bone_apps.dlpred.inputs import InputsBox
+from bone_apps.dlpred.measure import LabelsMeasureView
 from bone_apps.dlpred.options import OptionsBox
 from bone_apps.dlpred.preview import LiveLabels
 from bone_apps.dlpred.results import ResultsView
@@ -115,10 +117,25 @@ class DLPredWindow(QMainWindow):
         self.iou_button.setToolTip("Open the IoU app with this output as the prediction, to score "
                                    "it against a reference mask.")
         self.iou_button.clicked.connect(self.open_iou)
+        self.measures = LabelsMeasureView()
+        self.measure_button = QPushButton("Meas&ure")
+        self.measure_button.setEnabled(False)
+        self.measure_button.setToolTip("Measure the bone morphometry of the labels just written "
+                                       "(BV/TV, BS/BV, Tb.Th, Tb.Sp, Tb.N, Conn.D, in mm), one row "
+                                       "per label; save them as JSON or CSV.")
+        self.measure_button.clicked.connect(self.measure)
+        self.measures.ended.connect(self._on_measure_ended)
+        self.result_tabs = QTabWidget()
+        self.result_tabs.addTab(self.results, "Report")
+        self.result_tabs.addTab(self.measures, "Morphometry")
+        buttons = QHBoxLayout()
+        buttons.addStretch(1)
+        buttons.addWidget(self.measure_button)
+        buttons.addWidget(self.iou_button)
         results_box = QGroupBox("Results")
         results_layout = QVBoxLayout(results_box)
-        results_layout.addWidget(self.results, 1)
-        results_layout.addWidget(self.iou_button, 0, Qt.AlignmentFlag.AlignRight)
+        results_layout.addWidget(self.result_tabs, 1)
+        results_layout.addLayout(buttons)
         right = QSplitter(Qt.Orientation.Vertical)
         right.addWidget(preview_box)
         right.addWidget(results_box)
@@ -178,7 +195,10 @@ class DLPredWindow(QMainWindow):
         self.tracker = bridge.Tracker()
         self.report, self.output_path = None, None
         self.results.clear()
+        self.measures.set_mask(None)
+        self.result_tabs.setCurrentWidget(self.results)
         self.iou_button.setEnabled(False)
+        self.measure_button.setEnabled(False)
         self.live.reset()
         self.preview.set_labels(self.live)
         self.progress.setRange(0, 0)  # busy until the slices start
@@ -228,6 +248,8 @@ class DLPredWindow(QMainWindow):
             self.live.open_output(self.output_path)
             self.preview.refresh()
             self.iou_button.setEnabled(True)
+            self.measures.set_mask(self.output_path, report.class_names)
+            self.measure_button.setEnabled(True)
         self.rate_label.setText(bridge.done_text(report))
         self.statusBar().showMessage(f"Labels written to {self.output_path}.")
 
@@ -257,6 +279,16 @@ class DLPredWindow(QMainWindow):
         self.statusBar().showMessage("Could not predict: see the message.")
         show_error(self, "DLPred", message)
 
+    # -- measuring ------------------------------------------------------------------------------
+    def measure(self) -> None:
+        """Measure the labels the last run wrote, off the GUI thread, in the Morphometry tab."""
+        self.result_tabs.setCurrentWidget(self.measures)
+        self.measures.measure()  # a new prediction stops it (its numbers would be stale)
+        self.measure_button.setEnabled(self.measures.worker is None)
+
+    def _on_measure_ended(self) -> None:
+        self.measure_button.setEnabled(self.output_path is not None and self.worker is None)
+
     # -- hand-over ------------------------------------------------------------------------------
     def open_iou(self) -> QMainWindow | None:
         """Open the IoU window with this run's output as the prediction."""
@@ -282,6 +314,7 @@ class DLPredWindow(QMainWindow):
         if self.worker is not None:
             self.worker.stop()
             join_worker(self.worker)
+        self.measures.join()
         self.inputs.wait()
         self.live.reset()
         super().closeEvent(event)

@@ -22,6 +22,7 @@ from PySide6.QtWidgets import (
     QSplitter,
     QTableWidget,
     QTableWidgetItem,
+    QTabWidget,
     QVBoxLayout,
     QWidget,
 )
@@ -30,6 +31,7 @@ from bone_apps.core.errors import BoneAppsError
 from bone_apps.core.metrics import IoUResult
 from bone_apps.core.outputs import write_atomic
 from bone_apps.core.scoring import ScoreProgress, result_csv, score_stacks, write_result_json
+from bone_apps.iou.morphometry_tab import MorphometryTab
 from bone_apps.ui.dialogs import show_error
 from bone_apps.ui.pickers import PathPicker
 from bone_apps.ui.plot import LinePlot
@@ -133,12 +135,19 @@ class IoUWindow(QMainWindow):
         splitter.addWidget(results)
         splitter.addWidget(self.plot)
         splitter.setStretchFactor(1, 1)
+        self.morphometry = MorphometryTab(self._morphometry_inputs)
+        self.tabs = QTabWidget()
+        self.tabs.addTab(splitter, "&Scores")
+        self.tabs.addTab(self.morphometry, "M&orphometry")
+        # Numbers of one pair are never shown for another.
+        for signal in (self.reference.changed, self.prediction.changed, self.class_names.textChanged):
+            signal.connect(self._on_inputs_changed)
 
         central = QWidget()
         layout = QVBoxLayout(central)
         layout.addWidget(inputs)
         layout.addLayout(run_row)
-        layout.addWidget(splitter, 1)
+        layout.addWidget(self.tabs, 1)
         self.setCentralWidget(central)
         self.statusBar().showMessage("Choose a reference and a prediction, then Compute.")
         self.resize(900, 720)
@@ -152,7 +161,7 @@ class IoUWindow(QMainWindow):
         if reference is None or prediction is None:
             self._error("Choose both a reference and a prediction mask first.")
             return
-        names = [n.strip() for n in self.class_names.text().split(",") if n.strip()] or None
+        names = self._class_names()
         ignore, device = self.ignore_background.isChecked(), self.device.currentText()
         self.reference.remember()
         self.prediction.remember()
@@ -170,12 +179,22 @@ class IoUWindow(QMainWindow):
         self.worker.finished.connect(self._on_finished)
         self._set_running(True)
         self.plot.clear()
+        self.morphometry.clear("Measure both masks to compare their morphometry.")
         self.statusBar().showMessage(f"Scoring {prediction.name} against {reference.name}…")
         self.worker.start()
 
     def cancel(self) -> None:
         if self.worker is not None:
             self.worker.stop()
+
+    def _class_names(self) -> list[str] | None:
+        return [n.strip() for n in self.class_names.text().split(",") if n.strip()] or None
+
+    def _morphometry_inputs(self) -> tuple[Path | None, Path | None, tuple[str, ...]]:
+        return self.reference.path(), self.prediction.path(), tuple(self._class_names() or ())
+
+    def _on_inputs_changed(self) -> None:
+        self.morphometry.clear("The masks or names changed: measure both again.")
 
     def _set_running(self, running: bool) -> None:
         self.compute_button.setEnabled(not running)
@@ -260,6 +279,7 @@ class IoUWindow(QMainWindow):
         if self.worker is not None:
             self.worker.stop()
             self.worker.wait()
+        self.morphometry.join()
         super().closeEvent(event)
 
 

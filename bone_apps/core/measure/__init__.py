@@ -5,4 +5,5 @@ surface.py     bone surface from a marching-cubes mesh
 euler.py       Euler characteristic with the edge correction of Odgaard & Gundersen (1993)
 cortical.py    slice-by-slice cortical areas (total, cortical, marrow)
 report.py      the results: per-label measures, JSON form, terminal table, CSV
+compare.py     a reference and a prediction measured alike, and their differences per label
 """
