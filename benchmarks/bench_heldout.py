@@ -53,6 +53,7 @@ VARIANTS: dict[str, tuple[list[str], list[str], str]] = {
     "lr-3e-3": (["--lr", "0.003"], [], "3x learning rate, same cosine schedule"),
     "constant-lr": (["--scheduler", "constant"], [], "no cosine decay"),
     "tta": ([], ["--tta"], "default model, test-time flips at prediction"),
+    "easy": (["--easy"], [], "Easy mode: patch and batch chosen from the data (no --patch, --batch)"),
 }
 PLAIN_LR = 1e-3
 
@@ -104,9 +105,9 @@ def fit_bone(args, data: Path, run_dir: Path, extra: list[str]) -> float:
     if run_dir.exists():
         shutil.rmtree(run_dir)
     start = time.perf_counter()
+    size = [] if "--easy" in extra else ["--patch", str(args.patch), "--batch", str(args.batch)]
     run([*BONE, "fit", "--data", str(data), "--out", str(run_dir), "--epochs", str(args.epochs),
-         "--patch", str(args.patch), "--batch", str(args.batch), "--device", "cpu", "--init", "random",
-         "--seed", "42", "--val-scans", ids[-1], *extra])
+         *size, "--device", "cpu", "--init", "random", "--seed", "42", "--val-scans", ids[-1], *extra])
     return time.perf_counter() - start
 
 

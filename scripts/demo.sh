@@ -16,14 +16,15 @@ echo "   (cavities wider than a patch, neighbouring bones, trabeculae, growth pl
 $bone synth "$data" --scans 5 --shape 32 128 128 --seed 1
 echo
 
-echo "== 2. Fit a U-Net / ResNet-18 (2D, random init) on bone_00..bone_03 (bone_04 is held out)"
+echo "== 2. Fit a U-Net / ResNet-18 (2D, random init) on bone_00..bone_03 (bone_04 is held out;"
+echo "   bone_02 validates: a dried scan like bone_04, so the validation predicts the held-out score)"
 pairs=()
 for id in bone_00 bone_01 bone_02 bone_03; do
   pairs+=(--pair "$data/scans/$id" "$data/masks/$id")
 done
 $bone fit "${pairs[@]}" --out "$out/fit" --class-names background,bone,pores \
   --dims 2d --arch Unet --encoder resnet18 --init random --patch 64 --patches-per-tile 4 \
-  --batch 16 --epochs 6 --lr 0.002 --seed 1
+  --batch 16 --epochs 6 --lr 0.002 --seed 1 --val-scans bone_02
 echo
 
 echo "== 3. Predict the held-out scan bone_04 (chunk, overlap and blending: what the fit validated)"

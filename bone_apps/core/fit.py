@@ -74,6 +74,11 @@ from bone_apps.core.weights import load_weights, save_weights, software_version,
 # state), measured at 256 px in fp32 on the CPU; mixed precision roughly halves it. Easy
 # mode uses it to keep the batch within half of the free memory.
 _BYTES_PER_PIXEL_FP32 = 2048
+# Easy mode on small data: the batch shrinks (not below EASY_MIN_BATCH) until an epoch holds
+# EASY_MIN_STEPS updates. With the paper's batch of 64, a few scans of small slices give an
+# epoch of a handful of updates and the fit ends undertrained (benchmarks/bench_heldout.py).
+EASY_MIN_STEPS = 32
+EASY_MIN_BATCH = 4
 _REPORT_EVERY_S = 0.5  # how often a step reads the running loss back from the GPU
 
 
@@ -509,10 +514,11 @@ class _FitRun:
         patches = sum(infos[i].shape[0] * min(cfg.patches_per_tile, patch_capacity(
             infos[i].shape[1], infos[i].shape[2], patch, cfg.max_overlap)) for i in split.train)
         batch = cfg.batch
-        if patches < 4 * batch:
-            batch = max(2, _pow2_floor(patches // 4))
+        if patches < EASY_MIN_STEPS * batch:
+            batch = max(EASY_MIN_BATCH, _pow2_floor(patches // EASY_MIN_STEPS))
             self.notes.append(f"Easy mode: batch shrinks from {cfg.batch} to {batch} patches "
-                              f"because an epoch holds only {patches} training patches.")
+                              f"because an epoch holds only {patches} training patches (at "
+                              f"least {EASY_MIN_STEPS} updates per epoch).")
         free = self._free_memory()
         per_patch = _BYTES_PER_PIXEL_FP32 * patch * patch // (2 if self.devices.cuda else 1)
         if free and batch * per_patch > free // 2:

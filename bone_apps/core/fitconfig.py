@@ -48,7 +48,9 @@ class FitConfig:
     Validation: after each epoch the central `val_slices` slices of every validation scan
     (0: all) are predicted whole, as prediction runs, and that score picks the best epoch;
     -1 scores patches only.
-    `easy` applies the paper's BP-2D-03 recipe, shrinking patch and batch to the data.
+    `easy` applies the paper's BP-2D-03 recipe adapted to small data: patches shrink to the
+    smallest slice (larger patches, more context, predict best on new scans) and the batch
+    shrinks until an epoch holds fit.EASY_MIN_STEPS updates.
     """
 
     out: str
