@@ -67,8 +67,8 @@ def test_predict_shows_slices_as_written_report_and_hands_over_to_iou(
         window, qtbot, sample_root, weights_file, tmp_path, artifacts_dir):
     scan, mask = sample_root / "scans" / "bone_03", sample_root / "masks" / "bone_03"
     _choose(window, qtbot, scan, weights_file)
-    # The output is suggested next to the scan; the weights' metadata is on show.
-    assert window.output.path() == sample_root / "scans" / "bone_03_labels"
+    # The output is suggested beside the dataset, never inside scans/; the weights' metadata is on show.
+    assert window.output.path() == sample_root / "predictions" / "bone_03_labels"
     info = window.model_info.text()
     assert "Unet with resnet18" in info and "background, bone, pores" in info
     assert "3 scan/mask pair(s): bone_00, bone_01, bone_02" in info

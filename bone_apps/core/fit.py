@@ -452,7 +452,7 @@ class _FitRun:
             try:
                 pairs = []
                 if cfg.data:
-                    pairs += pairs_from_root(Path(cfg.data))
+                    pairs += pairs_from_root(Path(cfg.data), self.notes)  # said after the checks
                 pairs += pairs_from_paths(cfg.pairs)
                 cache = Path(cfg.cache_dir).expanduser() if cfg.cache_dir else default_cache_dir()
                 box["summary"] = check_pairs(

@@ -17,6 +17,7 @@ import numpy as np
 from bone_apps.core.errors import DataCheckError, LabelError, VolumeError
 from bone_apps.core.labels import MAX_LABEL_VALUES, LabelMap, label_map_for, too_many_values
 from bone_apps.core.normalize import ScanStats, run_volume_tasks, stats_task
+from bone_apps.core.outputs import read_marker, tiff_is_ours
 from bone_apps.core.volume import TIFF_SUFFIXES, natural_key, open_volume
 
 DEFAULT_CLASS_NAMES = ("background", "bone", "pores")
@@ -93,20 +94,47 @@ def _volume_id(path: Path) -> str:
     return name
 
 
-def _entries(folder: Path) -> dict[str, Path]:
-    """Volumes in a folder: sub-folders and TIFF files, by id."""
+def is_prediction_output(path: Path) -> bool:
+    """Whether `path` is a label or probability stack that a prediction wrote (named
+    `<id>_labels` or `<id>_labels_prob_<class>`, carrying bone_apps' ownership proof).
+
+    The proof alone does not tell: sample datasets' scans and masks carry it too.
+    """
+    ident = _volume_id(path)
+    if not (ident.endswith("_labels") or "_labels_prob_" in ident):
+        return False
+    return read_marker(path) is not None if path.is_dir() else tiff_is_ours(path)
+
+
+def _entries(folder: Path, skipped: list[Path] | None = None) -> dict[str, Path]:
+    """Volumes in a folder: sub-folders and TIFF files, by id; prediction outputs go to `skipped`."""
     found = {}
     for entry in sorted(os.scandir(folder), key=lambda e: natural_key(e.name)):
         if entry.name.startswith("."):
             continue
         path = Path(entry.path)
         if entry.is_dir() or path.suffix.lower() in TIFF_SUFFIXES:
+            if is_prediction_output(path):
+                if skipped is not None:
+                    skipped.append(path)
+                continue
             found[_volume_id(path)] = path
     return found
 
 
-def pairs_from_root(root: Path) -> list[ScanPair]:
+def skipped_note(skipped: Sequence[Path]) -> str:
+    """The note that names prediction outputs left out of a dataset."""
+    names = ", ".join(str(p) for p in skipped[:4]) + (
+        f" and {len(skipped) - 4} more" if len(skipped) > 4 else "")
+    return (f"skipped {len(skipped)} prediction output(s) written by bone_apps inside the dataset "
+            f"({names}): they are neither scans nor masks")
+
+
+def pairs_from_root(root: Path, notes: list[str] | None = None) -> list[ScanPair]:
     """Pairs ROOT/scans/<id> + ROOT/masks/<id> (folders or TIFF files) matched by name.
+
+    Label and probability stacks that a prediction wrote into scans/ or masks/ (see
+    is_prediction_output) are left out; when `notes` is given, a note naming them is added.
 
     Raises:
         DataCheckError: the folders are missing, or scans and masks do not match; every
@@ -118,7 +146,10 @@ def pairs_from_root(root: Path) -> list[ScanPair]:
     if missing:
         raise DataCheckError(f"{' and '.join(missing)} not found: --data needs ROOT/scans/<id> and "
                              "ROOT/masks/<id> with the same names.")
-    scans, masks = _entries(scans_dir), _entries(masks_dir)
+    skipped: list[Path] = []
+    scans, masks = _entries(scans_dir, skipped), _entries(masks_dir, skipped)
+    if skipped and notes is not None:
+        notes.append(skipped_note(skipped))
     problems = [f"{scans[i]} has no mask: add {masks_dir / scans[i].name}" for i in scans
                 if i not in masks]
     problems += [f"{masks[i]} has no scan: add {scans_dir / masks[i].name} or remove the mask"

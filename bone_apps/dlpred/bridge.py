@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bone_apps.core.errors import VolumeError
 from bone_apps.core.predict import (
     PredictConfig,
     PredictEvent,
@@ -27,9 +28,11 @@ from bone_apps.core.predict import (
     predict,
     scan_id,
 )
-from bone_apps.core.volume import TIFF_SUFFIXES
+from bone_apps.core.stack_kind import dataset_root_problem, is_dataset_root, label_stack_reason
+from bone_apps.core.volume import TIFF_SUFFIXES, Volume, open_volume
 from bone_apps.dlpred.options import OptionValues
 
+PREDICTIONS_FOLDER = "predictions"  # a dataset's outputs: ROOT/predictions/<id>_labels
 RATE_WINDOW_S = 10.0  # the rate is measured over the last seconds, so it follows speed changes
 # Core's messages name the command-line options; in the window the same advice names the fields.
 _CLI_WORDS = (
@@ -42,11 +45,32 @@ _CLI_WORDS = (
 
 
 def default_output(scan: Path) -> Path:
-    """Where the labels of `scan` go unless the user says otherwise: next to it, `<id>_labels`
-    (a folder for a folder of slices, a .tif file for a multi-page TIFF, as the engine wants)."""
-    if scan.suffix.lower() in TIFF_SUFFIXES:
-        return scan.with_name(f"{scan_id(scan)}_labels.tif")
-    return scan.with_name(f"{scan.name}_labels")
+    """Where the labels of `scan` go unless the user says otherwise, named `<id>_labels`
+    (a folder for a folder of slices, a .tif file for a multi-page TIFF, as the engine wants).
+
+    A scan of a dataset (ROOT/scans/<id> or ROOT/masks/<id>) gets ROOT/predictions/<id>_labels,
+    outside scans/ and masks/, so the output is never taken for a scan or a mask of the
+    dataset; any other scan gets its output next to it.
+    """
+    name = f"{scan_id(scan)}_labels.tif" if scan.suffix.lower() in TIFF_SUFFIXES else (
+        f"{scan.name}_labels")
+    if scan.parent.name in ("scans", "masks") and is_dataset_root(scan.parent.parent):
+        return scan.parent.parent / PREDICTIONS_FOLDER / name
+    return scan.with_name(name)
+
+
+def open_scan(path: Path) -> tuple[Volume, str | None]:
+    """Open a scan (headers) and judge a few slices: (volume, why it looks like a label mask).
+
+    Raises:
+        VolumeError: `path` is a dataset folder (saying to choose one scan inside scans/), or
+            it cannot be opened as a scan.
+    """
+    problem = dataset_root_problem(path)
+    if problem:
+        raise VolumeError(problem)
+    volume = open_volume(path)
+    return volume, label_stack_reason(volume)
 
 
 def plain_message(message: str) -> str:

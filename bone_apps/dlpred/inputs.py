@@ -12,7 +12,7 @@ from pathlib import Path
 from PySide6.QtCore import Qt, QTimer, Signal
 from PySide6.QtWidgets import QCheckBox, QFileDialog, QFormLayout, QGroupBox, QLabel, QWidget
 
-from bone_apps.core.volume import Volume, open_volume
+from bone_apps.core.volume import Volume
 from bone_apps.dlpred import bridge
 from bone_apps.ui.background import BackgroundTask, join_worker
 from bone_apps.ui.pickers import PathPicker
@@ -36,6 +36,8 @@ class InputsBox(QGroupBox):
     def __init__(self, settings: AppSettings, parent: QWidget | None = None) -> None:
         super().__init__("Scan, model and output", parent)
         self.volume: Volume | None = None
+        # Why the open scan looks like a label mask (None: it looks like a scan).
+        self.label_reason: str | None = None
         self.meta: dict | None = None
         self._tasks: set[BackgroundTask] = set()
         self._auto_output = ""
@@ -60,9 +62,11 @@ class InputsBox(QGroupBox):
         self.output = PathPicker("Output: folder for the label slices, or a .tif file", settings,
                                  "output", "Where the label stack is written: a folder of TIFF "
                                  "slices with the scan's slice names, or a .tif file for one "
-                                 "multi-page stack (the same form as the scan). By default next to "
-                                 "the scan, named <scan>_labels. It appears under this name only "
-                                 "once complete.")
+                                 "multi-page stack (the same form as the scan). By default named "
+                                 "<scan>_labels, next to the scan, or in the dataset's predictions "
+                                 "folder when the scan sits in a dataset's scans folder (so it is "
+                                 "never taken for a scan or a mask). It appears under this name "
+                                 "only once complete.")
         self.output.edit.setText("")  # each scan suggests its own; see _suggest_output
         self.output.folder_button.setText("In folder…")
         self.output.folder_button.setToolTip("Choose the folder in which to create the output.")
@@ -132,27 +136,31 @@ class InputsBox(QGroupBox):
         path = self.scan.path()
         if path is None:
             self.scan_info.setText("")
-            self.volume = None
+            self.volume, self.label_reason = None, None
             self.scan_opened.emit(None)
             return
         self._suggest_output(path)
 
-        def done(volume: Volume) -> None:
+        def done(opened: tuple[Volume, str | None]) -> None:
             if self.scan.path() == path:  # not if another scan was chosen meanwhile
-                self.volume = volume
+                self.volume, self.label_reason = opened
+                volume = self.volume
                 z, y, x = volume.shape
                 size = f", {volume.voxel_size}" if volume.voxel_size else ""
-                self._show(self.scan_info, f"{z} slices of {x} x {y} px, {volume.dtype}{size}")
+                text = f"{z} slices of {x} x {y} px, {volume.dtype}{size}"
+                if self.label_reason:
+                    text += f"; this looks like a label mask, not a scan: {self.label_reason}."
+                self._show(self.scan_info, text, problem=bool(self.label_reason))
                 self.scan_opened.emit(volume)
 
         def failed(message: str) -> None:
             if self.scan.path() == path:
-                self.volume = None
+                self.volume, self.label_reason = None, None
                 self._show(self.scan_info, message, problem=True)
                 self.scan_opened.emit(None)
 
         self.scan_info.setText("Opening…")
-        self._background(lambda: open_volume(path), done, failed)
+        self._background(lambda: bridge.open_scan(path), done, failed)
 
     def _load_weights(self) -> None:
         path = self.weights.path()

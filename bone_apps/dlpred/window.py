@@ -11,6 +11,7 @@ from PySide6.QtWidgets import (
     QHBoxLayout,
     QLabel,
     QMainWindow,
+    QMessageBox,
     QProgressBar,
     QPushButton,
     QScrollArea,
@@ -24,6 +25,7 @@ from bone_apps.core.errors import BoneAppsError
 from bone_apps.core.monitor import gpu_count
 from bone_apps.core.predict import PredictReport
 from bone_apps.core.slice_validation import InferenceSettings
+from bone_apps.core.stack_kind import dataset_root_problem
 from bone_apps.core.volume import Volume
 from bone_apps.dlpred import bridge
 from bone_apps.dlpred.inputs import InputsBox
@@ -60,6 +62,8 @@ class DLPredWindow(QMainWindow):
         self.output_path: Path | None = None  # the finished output of the last run
         self.iou_window: QMainWindow | None = None
         self.last_error = ""
+        self.label_question: QMessageBox | None = None  # the last "looks like a label mask" question
+        self._labels_accepted: Path | None = None  # a label-like scan the user chose to predict
         self.live = LiveLabels()
         self.tracker = bridge.Tracker()
         self._build()
@@ -183,6 +187,12 @@ class DLPredWindow(QMainWindow):
         if scan is None or weights is None or output is None:
             self._error("Choose a scan, a weights file and an output first.")
             return
+        problem = dataset_root_problem(scan)
+        if problem:
+            self._error(problem)
+            return
+        if not self._labels_confirmed(scan):
+            return
         self.inputs.remember()
         self.options.remember()
         is_3d = self.meta is not None and self.meta.get("dims") == "3d"
@@ -212,6 +222,43 @@ class DLPredWindow(QMainWindow):
         self._set_running(True)
         self.statusBar().showMessage(f"Predicting {scan.name} with {weights.name}…")
         self.worker.start()
+
+    def _labels_confirmed(self, scan: Path) -> bool:
+        """True when `scan` looks like a scan, or the user chose to predict this label-like stack
+        anyway; otherwise ask (a question dialog whose answer predicts again or stops here)."""
+        if self._labels_accepted == scan:
+            return True
+        if self.inputs.volume is not None and Path(self.inputs.volume.path) == scan:
+            reason = self.inputs.label_reason
+        else:  # Predict pressed before the scan finished opening: judge it now
+            try:
+                reason = bridge.open_scan(scan)[1]
+            except BoneAppsError:
+                return True  # the engine reports an unreadable scan with its own message
+        if reason is None:
+            return True
+        box = QMessageBox(QMessageBox.Icon.Question, "DLPred",
+                          f"{scan} looks like a label mask, not a scan: {reason}. Its labels would "
+                          "be segmented as if they were intensities.", parent=self)
+        box.setObjectName("labelQuestion")
+        box.setInformativeText("Predict it anyway, or choose another scan?")
+        anyway = box.addButton("Predict anyway", QMessageBox.ButtonRole.AcceptRole)
+        box.addButton("Choose another scan", QMessageBox.ButtonRole.RejectRole)
+        box.setDefaultButton(box.buttons()[-1])
+        box.setWindowModality(Qt.WindowModality.WindowModal)
+
+        def answered() -> None:
+            if box.clickedButton() is anyway:
+                self._labels_accepted = scan
+                self.predict()
+            else:
+                self.statusBar().showMessage("Choose a scan to segment, then Predict.")
+                self.scan.edit.setFocus()
+
+        box.finished.connect(answered)
+        self.label_question = box
+        box.open()
+        return False
 
     def stop(self) -> None:
         if self.worker is not None:

@@ -31,6 +31,7 @@ from bone_apps.core.errors import BoneAppsError
 from bone_apps.core.metrics import IoUResult
 from bone_apps.core.outputs import write_atomic
 from bone_apps.core.scoring import ScoreProgress, result_csv, score_stacks, write_result_json
+from bone_apps.core.volume import check_same_shape, open_volume
 from bone_apps.iou.morphometry_tab import MorphometryTab
 from bone_apps.ui.dialogs import show_error
 from bone_apps.ui.pickers import PathPicker
@@ -39,6 +40,7 @@ from bone_apps.ui.settings import AppSettings
 from bone_apps.ui.worker import JobWorker
 
 COLUMNS = ("Class", "IoU", "Dice", "Reference voxels", "Predicted voxels")
+STALE_STYLE = "color: #b00020;"
 
 
 class IoUWindow(QMainWindow):
@@ -50,6 +52,10 @@ class IoUWindow(QMainWindow):
         self.settings = settings or AppSettings("iou")
         self.worker: JobWorker | None = None
         self.result: IoUResult | None = None
+        # What the result on show was computed from: (reference, prediction, names, ignore).
+        self.scored: tuple[Path, Path, str, bool] | None = None
+        self.pending = self.scored  # the same, for the run in progress
+        self._last_edited = "prediction"  # the mask field the user changed last
         self.last_error = ""
         self._build()
 
@@ -91,8 +97,7 @@ class IoUWindow(QMainWindow):
         self.cancel_button.setEnabled(False)
         self.cancel_button.clicked.connect(self.cancel)
         self.progress = QProgressBar()
-        self.progress.setFormat("%v / %m slices")
-        self.progress.setValue(0)
+        self._idle_progress("no run yet")
         run_row = QHBoxLayout()
         run_row.addWidget(self.compute_button)
         run_row.addWidget(self.cancel_button)
@@ -109,6 +114,11 @@ class IoUWindow(QMainWindow):
         font.setPointSizeF(font.pointSizeF() * 1.25)
         font.setBold(True)
         self.mean_label.setFont(font)
+        self.pair_label = QLabel()
+        self.pair_label.setWordWrap(True)
+        self.pair_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.pair_label.setToolTip("The reference and prediction these scores belong to; export "
+                                   "is possible only while the fields still name them.")
         self.copy_button = QPushButton("Cop&y table")
         self.csv_button = QPushButton("Save &CSV…")
         self.json_button = QPushButton("Save &JSON…")
@@ -124,6 +134,7 @@ class IoUWindow(QMainWindow):
         results = QWidget()
         results_layout = QVBoxLayout(results)
         results_layout.setContentsMargins(0, 0, 0, 0)
+        results_layout.addWidget(self.pair_label)
         results_layout.addWidget(self.table)
         results_layout.addLayout(export_row)
 
@@ -139,9 +150,13 @@ class IoUWindow(QMainWindow):
         self.tabs = QTabWidget()
         self.tabs.addTab(splitter, "&Scores")
         self.tabs.addTab(self.morphometry, "M&orphometry")
-        # Numbers of one pair are never shown for another.
-        for signal in (self.reference.changed, self.prediction.changed, self.class_names.textChanged):
+        # Numbers of one pair are never shown for another, nor exported under its paths.
+        for signal in (self.reference.changed, self.prediction.changed, self.class_names.textChanged,
+                       self.ignore_background.toggled):
             signal.connect(self._on_inputs_changed)
+        self.reference.changed.connect(lambda _: self._edited("reference"))
+        self.prediction.changed.connect(lambda _: self._edited("prediction"))
+        self._clear_result()
 
         central = QWidget()
         layout = QVBoxLayout(central)
@@ -166,9 +181,16 @@ class IoUWindow(QMainWindow):
         self.reference.remember()
         self.prediction.remember()
         self.settings.set("class_names", self.class_names.text())
+        self._clear_result()  # a failed or stopped run must not leave the last pair's numbers
+        self.pending = self._inputs_key()
+        # A size mismatch names the mask changed last as the one to choose again.
+        changed_reference = self._last_edited == "reference"
 
         def job(stop):
-            return score_stacks(reference, prediction, class_names=names,
+            ref, pred = open_volume(reference, role="mask"), open_volume(prediction, role="mask")
+            if changed_reference:
+                check_same_shape(pred, ref, what="reference", of="prediction")
+            return score_stacks(ref, pred, class_names=names,
                                 ignore_background=ignore, device=device, stop=stop)
 
         self.worker = JobWorker(job)
@@ -178,7 +200,7 @@ class IoUWindow(QMainWindow):
         self.worker.cancelled.connect(self._on_cancelled)
         self.worker.finished.connect(self._on_finished)
         self._set_running(True)
-        self.plot.clear()
+        self.progress.setRange(0, 0)  # busy until the first slice is counted
         self.morphometry.clear("Measure both masks to compare their morphometry.")
         self.statusBar().showMessage(f"Scoring {prediction.name} against {reference.name}…")
         self.worker.start()
@@ -193,19 +215,61 @@ class IoUWindow(QMainWindow):
     def _morphometry_inputs(self) -> tuple[Path | None, Path | None, tuple[str, ...]]:
         return self.reference.path(), self.prediction.path(), tuple(self._class_names() or ())
 
+    def _inputs_key(self) -> tuple[Path | None, Path | None, str, bool]:
+        names = ",".join(self._class_names() or ())
+        return self.reference.path(), self.prediction.path(), names, self.ignore_background.isChecked()
+
+    def _edited(self, field: str) -> None:
+        self._last_edited = field
+
     def _on_inputs_changed(self) -> None:
         self.morphometry.clear("The masks or names changed: measure both again.")
+        self._update_export()
+
+    def _clear_result(self) -> None:
+        """Empty the table, the means, the plot and the pair shown; nothing to export."""
+        self.result, self.scored = None, None
+        self.table.setRowCount(0)
+        self.mean_label.setText("Mean IoU: —    Mean Dice: —")
+        self.plot.clear()
+        self.pair_label.setText("No scores yet: choose a reference and a prediction, then Compute.")
+        self.pair_label.setStyleSheet("")
+        self._update_export()
+
+    def _update_export(self) -> None:
+        """Export only the result on show, and only while the fields still name its pair.
+
+        A change of the masks, the class names or the background choice after a result greys
+        export out and says so; changing them back to the scored pair allows it again.
+        """
+        current = self.scored is not None and self._inputs_key() == self.scored
+        for button in (self.copy_button, self.csv_button, self.json_button):
+            button.setEnabled(current)
+        if self.scored is None:
+            return
+        reference, prediction = self.scored[0], self.scored[1]
+        text = f"Scores of prediction {prediction} against reference {reference}."
+        if not current:
+            text += " The fields have changed since: Compute again to score and export them."
+        self.pair_label.setText(text)
+        self.pair_label.setStyleSheet("" if current else STALE_STYLE)
+
+    def _idle_progress(self, text: str) -> None:
+        self.progress.setRange(0, 1)
+        self.progress.setValue(0)
+        self.progress.setFormat(text)
 
     def _set_running(self, running: bool) -> None:
         self.compute_button.setEnabled(not running)
         self.cancel_button.setEnabled(running)
 
     def _on_progress(self, progress: ScoreProgress) -> None:
+        self.progress.setFormat("%v / %m slices")
         self.progress.setMaximum(max(1, progress.total))
         self.progress.setValue(progress.done)
 
     def _on_result(self, result: IoUResult) -> None:
-        self.result = result
+        self.result, self.scored = result, self.pending
         self.table.setRowCount(len(result.classes))
         for row, c in enumerate(result.classes):
             cells = (f"{c.label}: {c.name}", _score(c.iou), _score(c.dice),
@@ -219,8 +283,7 @@ class IoUWindow(QMainWindow):
         self.mean_label.setText(f"Mean IoU: {_score(result.mean_iou)}    "
                                 f"Mean Dice: {_score(result.mean_dice)}{scope}")
         self.plot.set_series("mean IoU", list(enumerate(result.slice_mean_iou)))
-        for button in (self.copy_button, self.csv_button, self.json_button):
-            button.setEnabled(True)
+        self._update_export()
         self.statusBar().showMessage(f"Scored {result.voxels:,} voxels in "
                                      f"{len(result.slice_mean_iou)} slices.")
 
@@ -230,6 +293,8 @@ class IoUWindow(QMainWindow):
 
     def _on_finished(self) -> None:
         self._set_running(False)
+        if self.result is None:
+            self._idle_progress("no result")
         if self.worker is not None:
             self.worker.wait()
             self.worker.deleteLater()
@@ -242,29 +307,37 @@ class IoUWindow(QMainWindow):
 
     # -- export ---------------------------------------------------------------------------------
     def copy_table(self) -> None:
-        if self.result is not None:
+        """Copy the table on show as CSV (only while it belongs to the fields' pair)."""
+        if self.result is not None and self.copy_button.isEnabled():
             QGuiApplication.clipboard().setText(result_csv(self.result))
             self.statusBar().showMessage("Table copied as CSV.")
 
     def save(self, path: Path) -> Path:
         """Save the results as CSV or JSON, by the file's suffix, atomically.
 
-        The save dialog has asked before replacing a file; a JSON file is still replaced only
-        when bone_apps wrote it (ForeignFilesError otherwise), as `bone iou --json` does.
+        The files name the pair that was scored, never the fields' current text. The save
+        dialog has asked before replacing a file; a JSON file is still replaced only when
+        bone_apps wrote it (ForeignFilesError otherwise).
+
+        Raises:
+            ValueError: there is no result, or the fields no longer name the scored pair.
         """
-        if self.result is None:
+        if self.result is None or self.scored is None:
             raise ValueError("nothing to save yet")
+        if self._inputs_key() != self.scored:
+            raise ValueError("the fields changed since the scores were computed")
         path = Path(path)
         if path.suffix.lower() == ".json":
-            write_result_json(self.result, path, self.reference.path(), self.prediction.path(),
-                              overwrite=True)
+            write_result_json(self.result, path, self.scored[0], self.scored[1], overwrite=True)
         else:
             write_atomic(path, result_csv(self.result))
         self.statusBar().showMessage(f"Saved {path}")
         return path
 
     def _save_dialog(self, kind: str) -> None:
-        start = str(self.prediction.path().parent / f"iou.{kind}") if self.prediction.path() else ""
+        if self.scored is None:
+            return
+        start = str(self.scored[1].parent / f"iou.{kind}")
         file, _ = QFileDialog.getSaveFileName(self, "Save scores", start,
                                               f"{kind.upper()} (*.{kind})")
         if file:
