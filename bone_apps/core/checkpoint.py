@@ -8,7 +8,6 @@ stored as plain numbers and tensors so the file loads with `torch.load(weights_o
 
 from __future__ import annotations
 
-import os
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from bone_apps.core.errors import WeightsError
+from bone_apps.core.outputs import atomic_target
 
 CHECKPOINT_FORMAT = "bone_apps.checkpoint/1"
 
@@ -81,13 +81,8 @@ def save_checkpoint(path: Path, payload: dict) -> Path:
     import torch
 
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
-    try:
+    with atomic_target(path) as tmp:
         torch.save({"format": CHECKPOINT_FORMAT, **payload}, tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from bone_apps.core.errors import FitConfigError
 from bone_apps.core.labels import check_class_names
 from bone_apps.core.normalize import NormMethod
+from bone_apps.core.outputs import write_atomic
 from bone_apps.core.sampling import AugmentConfig, Dims
 
 INIT_CHOICES = ("random", "imagenet", "auto")
@@ -136,11 +137,7 @@ class FitConfig:
 
     def save(self, path: Path) -> Path:
         """Write as JSON atomically."""
-        path = Path(path)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}")
-        tmp.write_text(self.to_json())
-        os.replace(tmp, path)
-        return path
+        return write_atomic(Path(path), self.to_json())
 
     @classmethod
     def load(cls, path: Path) -> FitConfig:

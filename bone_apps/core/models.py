@@ -35,6 +35,32 @@ _HUB_HOST = ("huggingface.co", 443)
 # Convolutions of new models pad with replicated edges (see set_border_padding).
 BORDER_PADDING = "replicate"
 
+# What segmentation_models_pytorch 0.6 lists, kept here so that showing the choices needs no
+# import of smp (with timm and torchvision, many seconds). tests/test_windows_state.py checks
+# both against list_architectures() and list_encoders(): update them with smp.
+SMP_ARCHITECTURES = ("Unet", "UnetPlusPlus", "MAnet", "Linknet", "FPN", "PSPNet", "DeepLabV3",
+                     "DeepLabV3Plus", "PAN", "UPerNet", "Segformer", "DPT")
+SMP_ENCODERS = (
+    "resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d",
+    "resnext101_32x4d", "resnext101_32x8d", "resnext101_32x16d", "resnext101_32x32d",
+    "resnext101_32x48d", "dpn68", "dpn68b", "dpn92", "dpn98", "dpn107", "dpn131", "vgg11",
+    "vgg11_bn", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn", "vgg19", "vgg19_bn", "senet154",
+    "se_resnet50", "se_resnet101", "se_resnet152", "se_resnext50_32x4d", "se_resnext101_32x4d",
+    "densenet121", "densenet169", "densenet201", "densenet161", "inceptionresnetv2", "inceptionv4",
+    "efficientnet-b0", "efficientnet-b1", "efficientnet-b2", "efficientnet-b3", "efficientnet-b4",
+    "efficientnet-b5", "efficientnet-b6", "efficientnet-b7", "mobilenet_v2", "xception",
+    "timm-efficientnet-b0", "timm-efficientnet-b1", "timm-efficientnet-b2", "timm-efficientnet-b3",
+    "timm-efficientnet-b4", "timm-efficientnet-b5", "timm-efficientnet-b6", "timm-efficientnet-b7",
+    "timm-efficientnet-b8", "timm-efficientnet-l2", "timm-tf_efficientnet_lite0",
+    "timm-tf_efficientnet_lite1", "timm-tf_efficientnet_lite2", "timm-tf_efficientnet_lite3",
+    "timm-tf_efficientnet_lite4", "timm-skresnet18", "timm-skresnet34", "timm-skresnext50_32x4d",
+    "mit_b0", "mit_b1", "mit_b2", "mit_b3", "mit_b4", "mit_b5", "mobileone_s0", "mobileone_s1",
+    "mobileone_s2", "mobileone_s3", "mobileone_s4")
+# Encoders of SMP_ENCODERS that cannot run dilated (DeepLabV3, DeepLabV3+ and PAN need that).
+SMP_UNDILATABLE_ENCODERS = frozenset({
+    "densenet121", "densenet161", "densenet169", "densenet201", "inceptionresnetv2", "inceptionv4",
+    "vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn", "vgg19", "vgg19_bn", "xception"})
+
 def _smp_mapping() -> dict[str, type]:
     import segmentation_models_pytorch as smp
 

@@ -24,6 +24,7 @@ import numpy as np
 
 from bone_apps.core.choices import parse_choice
 from bone_apps.core.errors import BoneAppsError
+from bone_apps.core.outputs import atomic_target
 from bone_apps.core.volume import Volume, list_tiff_files, open_volume
 
 # Robust min-max uses these percentiles by default: a handful of hot pixels, metal or
@@ -239,9 +240,8 @@ def _read_cache(file: Path) -> dict | None:
 def _write_cache(file: Path, fingerprint: dict, value: dict) -> None:
     try:
         file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = file.with_name(f".{file.name}.{os.getpid()}")
-        tmp.write_text(json.dumps({"scan": fingerprint, "value": value}, indent=1))
-        os.replace(tmp, file)
+        with atomic_target(file) as tmp:
+            tmp.write_text(json.dumps({"scan": fingerprint, "value": value}, indent=1))
     except OSError:
         pass  # a read-only cache only costs a recomputation next time
 

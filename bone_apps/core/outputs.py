@@ -24,7 +24,7 @@ import shlex
 import shutil
 import socket
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 from bone_apps import __version__
@@ -344,19 +344,30 @@ def _write_all(path: Path, data: bytes) -> None:
         os.fsync(handle.fileno())
 
 
+@contextlib.contextmanager
+def atomic_target(path: str | os.PathLike) -> Iterator[Path]:
+    """A hidden temporary sibling of `path` to write to: renamed over `path` when the block
+    ends without an error, removed otherwise (the one atomic-write rule of the project)."""
+    path = Path(path)
+    tmp = partial_name(path)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        remove(tmp)
+
+
 def write_atomic(path: str | os.PathLike, data: str | bytes) -> Path:
-    """Write a small file atomically: a hidden temporary sibling, then os.replace.
+    """Write a small file atomically (atomic_target).
 
     Raises:
         OutputWriteError: the disk is full, read-only, or the folder is gone (nothing is left).
     """
     path = Path(path)
-    tmp = partial_name(path)
     try:
-        _write_all(tmp, data.encode("utf-8") if isinstance(data, str) else data)
-        os.replace(tmp, path)
+        with atomic_target(path) as tmp:
+            _write_all(tmp, data.encode("utf-8") if isinstance(data, str) else data)
     except OSError as exc:
-        remove(tmp)
         raise output_error(exc, path) from None
     return path
 

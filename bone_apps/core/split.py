@@ -7,7 +7,6 @@ identical neighbours; a slice-level split would validate on near-copies of train
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from bone_apps.core.errors import FitConfigError
+from bone_apps.core.outputs import write_atomic
 
 
 @dataclass(frozen=True)
@@ -89,11 +89,7 @@ def kfold_splits(ids: Sequence[str], folds: int, seed: int = 42) -> list[Split]:
 
 def write_split(path: Path, split: Split) -> Path:
     """Write split.json atomically."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    tmp.write_text(json.dumps(split.to_dict(), indent=2) + "\n")
-    os.replace(tmp, path)
-    return path
+    return write_atomic(Path(path), json.dumps(split.to_dict(), indent=2) + "\n")
 
 
 def read_split(path: Path) -> Split:

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bone_apps.core.errors import WeightsError
 from bone_apps.core.labels import LabelMap
+from bone_apps.core.outputs import atomic_target
 
 if TYPE_CHECKING:
     import torch
@@ -109,13 +109,8 @@ def save_weights(path: Path, model: torch.nn.Module, meta: dict) -> Path:
     state = {k: v.detach().to("cpu").clone().contiguous()
              for k, v in unwrap_model(model).state_dict().items()}
     payload = {"format": WEIGHTS_FORMAT, "state_dict": state, "meta": _plain(meta)}
-    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
-    try:
+    with atomic_target(path) as tmp:
         torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path
 
 

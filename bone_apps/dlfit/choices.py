@@ -3,8 +3,8 @@
 segmentation_models_pytorch refuses some pairs when the model is built: UNet++ and LinkNet
 cannot take Mix Transformer (mit_b*) encoders; DeepLabV3, DeepLabV3+ and PAN need an
 encoder that can run dilated (VGG, DenseNet, Inception and Xception cannot); DPT takes only
-timm vision transformers ("tu-..."), which are not listed. Reading the rules from smp's own
-encoder classes keeps this in step with the installed version without building models.
+timm vision transformers ("tu-..."), which are not listed. The names come from the static
+tables in core.models (checked against smp by the tests), so offering them imports no smp.
 """
 
 from __future__ import annotations
@@ -20,12 +20,11 @@ _TIMM_VIT_ONLY = {"DPT"}
 PAPER_ARCH, PAPER_ENCODER = "Unet", "resnet18"
 
 
-@cache
-def _dilation_unsupported() -> frozenset[str]:
+def dilation_unsupported_in_smp() -> frozenset[str]:
+    """Encoders smp itself cannot dilate (they override make_dilated to raise); imports smp."""
     from segmentation_models_pytorch.encoders import encoders
     from segmentation_models_pytorch.encoders._base import EncoderMixin
 
-    # Encoders that cannot be dilated override make_dilated to raise.
     return frozenset(name for name, entry in encoders.items()
                      if getattr(entry["encoder"], "make_dilated", None)
                      is not EncoderMixin.make_dilated)
@@ -33,10 +32,9 @@ def _dilation_unsupported() -> frozenset[str]:
 
 def architecture_choices(dims: str) -> list[str]:
     """Architectures selectable for `dims` ("2d", "2.5d", "3d"), the paper's first."""
-    names = models.list_architectures()
     if dims == "3d":
-        return [n for n in names if n in models.ARCHITECTURES_3D]
-    names = [n for n in names if n not in models.ARCHITECTURES_3D and n not in _TIMM_VIT_ONLY]
+        return list(models.ARCHITECTURES_3D)
+    names = [n for n in models.SMP_ARCHITECTURES if n not in _TIMM_VIT_ONLY]
     return sorted(names, key=lambda n: n != PAPER_ARCH)
 
 
@@ -45,10 +43,9 @@ def encoder_choices(arch: str, dims: str) -> list[str]:
     """Encoders that `arch` can be built with for `dims`, the paper's first."""
     if dims == "3d" or arch in models.ARCHITECTURES_3D:
         return models.list_encoders("3d")
-    names = models.list_encoders(dims)
+    names = list(models.SMP_ENCODERS)
     if arch in _NO_MIT:
         names = [n for n in names if not n.startswith("mit_b")]
     if arch in _DILATED:
-        bad = _dilation_unsupported()
-        names = [n for n in names if n not in bad]
+        names = [n for n in names if n not in models.SMP_UNDILATABLE_ENCODERS]
     return sorted(names, key=lambda n: n != PAPER_ENCODER)

@@ -26,6 +26,8 @@ from PySide6.QtWidgets import (
 from bone_apps.ui.plot import LinePlot
 
 LOG_LINES = 5000  # the log file keeps everything; the pane keeps the recent part
+MIN_TIMED_BATCHES = 2  # fewer timed batches give no meaningful estimate
+DONE_FORMAT = "%v of %m epochs done"
 
 
 def format_duration(seconds: float | None) -> str:
@@ -54,6 +56,7 @@ class FitMonitor(QWidget):
         super().__init__(parent)
         self._epoch, self._epoch_started = 0, time.monotonic()
         self._epoch_times: list[float] = []
+        self._phase: tuple[int, str] | None = None
         self._ram_now: float | None = None
         self._ram_peak: float | None = None
 
@@ -90,6 +93,8 @@ class FitMonitor(QWidget):
         self.iou_plot = LinePlot("IoU", "epoch", "mean IoU", y_range=(0.0, 1.0))
         self.iou_plot.setToolTip("Mean intersection-over-union per epoch; the weights are saved "
                                  "whenever validation IoU improves.")
+        for plot in (self.loss_plot, self.iou_plot):
+            plot.empty_text = "No finished epoch yet."
         plots = QSplitter(Qt.Orientation.Horizontal)
         plots.addWidget(self.loss_plot)
         plots.addWidget(self.iou_plot)
@@ -109,7 +114,9 @@ class FitMonitor(QWidget):
         self.log = QPlainTextEdit()
         self.log.setReadOnly(True)
         self.log.setMaximumBlockCount(LOG_LINES)
-        self.log.setLineWrapMode(QPlainTextEdit.LineWrapMode.NoWrap)  # keeps the tables aligned
+        # Every message is read whole: long notes wrap at the pane's edge (fit.log keeps the
+        # unwrapped text, tables included).
+        self.log.setLineWrapMode(QPlainTextEdit.LineWrapMode.WidgetWidth)
         self._follow, self._appending = True, False
         self.log.verticalScrollBar().valueChanged.connect(self._log_scrolled)
         self.log.setFont(QFontDatabase.systemFont(QFontDatabase.SystemFont.FixedFont))
@@ -150,19 +157,39 @@ class FitMonitor(QWidget):
     def start(self, epochs: int, first_epoch: int = 0) -> None:
         """A fit begins (or resumes after `first_epoch` finished epochs)."""
         self._epoch, self._epoch_started = 0, time.monotonic()
-        self._epoch_times: list[float] = []
+        self._phase = None
+        self._epoch_times = []
         self._ram_now = self._ram_peak = None
         self.epoch_bar.setRange(0, max(1, epochs))
-        self.epoch_bar.setFormat("Epoch %v of %m")
+        self.epoch_bar.setFormat(f"Epoch {first_epoch + 1} of %m")  # the running one, 1-based
         self.epoch_bar.setValue(first_epoch)
-        self.batch_bar.setValue(0)
+        self._reset_batch_bar()
         self.eta_label.setText("Preparing: checking the pairs and computing scan statistics…")
         self.summary.hide()
         if first_epoch == 0:
-            for plot in (self.loss_plot, self.iou_plot):
-                plot.clear()
-            self.best_table.setRowCount(0)
-            self.best_label.setText("Best epoch: —")
+            self._clear_results()
+
+    def clear(self) -> None:
+        """Forget the shown run: empty curves, no best epoch, no result, bars at rest."""
+        self._epoch_times = []
+        self._clear_results()
+        self.summary.hide()
+        self.epoch_bar.setRange(0, 1)
+        self.epoch_bar.setValue(0)
+        self.epoch_bar.setFormat("Epochs")
+        self._reset_batch_bar()
+        self.eta_label.setText("Not started.")
+
+    def _clear_results(self) -> None:
+        for plot in (self.loss_plot, self.iou_plot):
+            plot.clear()
+        self.best_table.setRowCount(0)
+        self.best_label.setText("Best epoch: —")
+
+    def _reset_batch_bar(self) -> None:
+        self.batch_bar.setRange(0, 1)
+        self.batch_bar.setValue(0)
+        self.batch_bar.setFormat("Batches")
 
     def set_preparing(self, done: int, total: int) -> None:
         """Scan statistics and mask checks before fitting: `done` of `total` volumes."""
@@ -175,15 +202,24 @@ class FitMonitor(QWidget):
         now = time.monotonic()
         if epoch != self._epoch:
             self._epoch, self._epoch_started = epoch, now
+        if self._phase != (epoch, phase):
+            # Timing starts at the first batch seen, so that batch's own time is unknown.
+            self._phase, self._phase_started, self._phase_first_step = (epoch, phase), now, step
+        self.epoch_bar.setFormat(f"Epoch {epoch} of %m")
         self.batch_bar.setFormat(f"{phase.capitalize()} batch %v of %m")
         self.batch_bar.setRange(0, max(1, steps))
         self.batch_bar.setValue(step)
         elapsed = now - self._epoch_started
-        phase_left = elapsed / max(step, 1) * (steps - step)
+        timed = step - self._phase_first_step
+        phase_left = ((now - self._phase_started) / timed * (steps - step)
+                      if timed >= MIN_TIMED_BATCHES else None)
         if self._epoch_times:  # whole epochs measured: they include validation
             recent = self._epoch_times[-3:]
             per_epoch = sum(recent) / len(recent)
-            epoch_left = max(phase_left, per_epoch - elapsed)
+            epoch_left = max(phase_left or 0.0, per_epoch - elapsed)
+        elif phase_left is None or phase != "training":
+            self.eta_label.setText(f"Epoch {epoch}: estimating the time left…")
+            return
         else:
             per_epoch, epoch_left = elapsed + phase_left, phase_left
         run_left = epoch_left + per_epoch * max(0, self.epoch_bar.maximum() - epoch)
@@ -194,7 +230,10 @@ class FitMonitor(QWidget):
         self._epoch_times.append(seconds)
 
     def set_idle(self) -> None:
+        """The run ended: the bars say what was done, no batch is in progress."""
         self.eta_label.setText("Not running.")
+        self.epoch_bar.setFormat(DONE_FORMAT)
+        self._reset_batch_bar()
 
     def add_epoch(self, epoch: int, train_loss: float | None, val_loss: float | None,
                   train_iou: float | None, val_iou: float | None) -> None:
@@ -209,7 +248,7 @@ class FitMonitor(QWidget):
         """Curves of the epochs a run already did (from its log.csv), of `epochs` in all."""
         if epochs:
             self.epoch_bar.setRange(0, epochs)
-            self.epoch_bar.setFormat("Epoch %v of %m")
+            self.epoch_bar.setFormat(DONE_FORMAT)
         for plot in (self.loss_plot, self.iou_plot):
             plot.clear()
         for row in rows:

@@ -28,7 +28,7 @@ from bone_apps.core.sampling import AugmentConfig, Dims
 from bone_apps.core.weights import load_weights, summarize_meta
 from bone_apps.dlfit.choices import architecture_choices, encoder_choices
 from bone_apps.dlfit.tips import TIPS, TORCHRUN_NOTE
-from bone_apps.ui.pickers import PathPicker
+from bone_apps.ui.pickers import WEIGHTS_FILTER, WEIGHTS_TITLE, PathPicker
 from bone_apps.ui.settings import AppSettings
 
 LABELS = {
@@ -134,7 +134,8 @@ class AdvancedOptions(QWidget):
         self.w["class_names"].setPlaceholderText("from the masks (e.g. background, bone, pores)")
         self.w["init"] = self._combo("init", list(LABELS["init"]))
         self.init_file = PathPicker("A model.pth fitted with this software", settings,
-                                    "init_file", TIPS["init_file"], "Weights (*.pth *.pt)")
+                                    "init_file", TIPS["init_file"], WEIGHTS_FILTER,
+                                    file_title=WEIGHTS_TITLE)
         self.init_file.folder_button.hide()
         self.init_file.changed.connect(self._adopt_weights)
         self.w["loss"] = self._combo("loss", list(LOSSES))

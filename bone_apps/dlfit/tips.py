@@ -5,11 +5,37 @@ Keys are FitConfig field names (augmentation fields by their AugmentConfig names
 
 from __future__ import annotations
 
+import re
+
 EASY_RECIPE = (
     "Easy mode fits the paper's tested recipe (BP-2D-03): a U-Net with a ResNet-18 encoder on "
     "2D slices, 256-px patches (4 per slice), Z-score normalization, augmentation, batch 64, "
     "learning rate 0.001 with Adam and cosine annealing, Jaccard loss, ImageNet start when "
     "online; patch and batch shrink for small scans.")
+
+
+
+def easy_recipe_text(run: tuple[int, int, list[str]] | None) -> str:
+    """The recipe; once an Easy run started, the patch and batch it really uses and why
+    (the window is too short at 1280x800 for both: the recipe then goes to the tooltip).
+
+    Args:
+        run: the requested patch size and batch, and the engine's "Easy mode: …" notes so far
+            (they say how patch and batch shrink for small data); None before a run.
+    """
+    if run is None:
+        return EASY_RECIPE
+    patch, batch, notes = run
+    for note in notes:
+        found = re.search(r"patches shrink from \d+ to (\d+) px", note)
+        patch = int(found.group(1)) if found else patch
+        found = re.search(r"batch shrinks from \d+ to (\d+)", note)
+        batch = int(found.group(1)) if found else batch
+    reasons = [n.removeprefix("Easy mode: ") for n in notes]
+    why = "".join(f"\n• {r[:1].upper()}{r[1:]}" for r in reasons)
+    return (f"This Easy run uses the paper's recipe with {patch}-px patches and batch {batch}."
+            f"{why}")
+
 
 TORCHRUN_NOTE = (
     "Clusters and many GPUs: save the configuration, then run "

@@ -25,6 +25,7 @@ from PySide6.QtWidgets import (
 
 from bone_apps.core import runfiles
 from bone_apps.core.errors import BoneAppsError
+from bone_apps.core.fit import FitMessage
 from bone_apps.core.fitconfig import FitConfig, easy_config, resume_request, resumed_config
 from bone_apps.core.pairs import pairs_from_paths
 from bone_apps.dlfit.curves import FitMonitor
@@ -32,10 +33,12 @@ from bone_apps.dlfit.dialogs import ask_about_earlier_run, choose_config_file
 from bone_apps.dlfit.options import AdvancedOptions
 from bone_apps.dlfit.pairs import VALIDATION, PairsPanel
 from bone_apps.dlfit.runner import FitRunner, read_history, run_status
-from bone_apps.dlfit.tips import EASY_RECIPE, TIPS, plain_options
+from bone_apps.dlfit.tips import EASY_RECIPE, TIPS, easy_recipe_text, plain_options
 from bone_apps.ui.dialogs import show_error
-from bone_apps.ui.pickers import PathPicker
+from bone_apps.ui.pickers import OUTPUT_TITLE, PathPicker
 from bone_apps.ui.settings import AppSettings
+
+ATTENTION = "Something needs your attention: see the message."
 
 
 class DLFitWindow(QMainWindow):
@@ -47,6 +50,7 @@ class DLFitWindow(QMainWindow):
         self.settings = settings or AppSettings("dlfit")
         self.last_error = ""
         self.question: QMessageBox | None = None
+        self._run_use: tuple[int, int, list[str]] | None = None  # Easy run: patch, batch, notes
         self._build()
         self._restore()
 
@@ -70,6 +74,7 @@ class DLFitWindow(QMainWindow):
         mode_row.addStretch(1)
         self.recipe = QLabel(EASY_RECIPE)
         self.recipe.setWordWrap(True)
+        self.recipe.setToolTip(EASY_RECIPE)
 
         self.pairs = PairsPanel(self.settings)
         self.pairs.error.connect(self._error)
@@ -78,7 +83,7 @@ class DLFitWindow(QMainWindow):
         QVBoxLayout(pairs_box).addWidget(self.pairs)
 
         self.out = PathPicker("Output folder for the model, checkpoint and logs", self.settings,
-                              "out", TIPS["out"])
+                              "out", TIPS["out"], folder_title=OUTPUT_TITLE)
         self.out.file_button.hide()
         self.out.changed.connect(self._on_out_changed)
         self.easy_epochs = QSpinBox()
@@ -128,6 +133,7 @@ class DLFitWindow(QMainWindow):
         self.runner = FitRunner(self.monitor, self)
         self.runner.error.connect(self._error)
         self.runner.finished.connect(self._on_fit_finished)
+        self.runner.progress.connect(self._on_progress)
         self.easy_epochs.valueChanged.connect(self._update_buttons)  # more epochs: Resume
         self.splitter = QSplitter(Qt.Orientation.Horizontal)
         self.splitter.addWidget(setup)
@@ -296,6 +302,8 @@ class DLFitWindow(QMainWindow):
 
     def _launch(self, config: FitConfig, resume: bool = False, overwrite: bool = False) -> None:
         self.last_error = ""
+        self._run_use = (config.patch, config.batch, []) if config.easy else None
+        self.recipe.setText(easy_recipe_text(self._run_use))
         self.runner.start(config, resume=resume, overwrite=overwrite)
         self.statusBar().showMessage(("Resuming" if resume else "Fitting") + f" into {config.out}…")
         self._update_buttons()
@@ -304,6 +312,13 @@ class DLFitWindow(QMainWindow):
         if self.runner.is_running():
             self.runner.stop()
             self.statusBar().showMessage("Stopping at the next safe point…")
+
+    def _on_progress(self, event: object) -> None:
+        """Easy mode's notes say how the recipe adapts to the data: show what the run uses."""
+        if (self._run_use is not None and isinstance(event, FitMessage) and event.level == "note"
+                and event.text.startswith("Easy mode:")):
+            self._run_use[2].append(event.text)
+            self.recipe.setText(easy_recipe_text(self._run_use))
 
     def _on_fit_finished(self, result) -> None:
         if result is not None:
@@ -341,6 +356,11 @@ class DLFitWindow(QMainWindow):
                 "continue it, or choose another folder for a new run." if status == "resumable"
                 else "This folder holds a finished run: raise Epochs and press Resume to fit it "
                 "further, or choose another folder for a new run.")
+        elif not self.runner.is_running():  # a new folder: the previous run is not its run
+            self.monitor.clear()
+            self._run_use = None
+            self.recipe.setText(EASY_RECIPE)
+            self.statusBar().clearMessage()
         self._update_buttons()
 
     def _class_names_changed(self) -> None:
@@ -368,8 +388,12 @@ class DLFitWindow(QMainWindow):
     def _error(self, message: str) -> None:
         message = plain_options(message)
         self.last_error = message
-        self.statusBar().showMessage("Something needs your attention: see the message.")
-        show_error(self, "DLFit", message)
+        self.statusBar().showMessage(ATTENTION)
+        show_error(self, "DLFit", message).finished.connect(self._error_closed)
+
+    def _error_closed(self) -> None:
+        if self.statusBar().currentMessage() == ATTENTION:
+            self.statusBar().clearMessage()
 
     def _save_dialog(self) -> None:
         file = choose_config_file(self, True, self.out.path() or Path.home())

@@ -15,10 +15,9 @@ from PySide6.QtWidgets import QCheckBox, QFileDialog, QFormLayout, QGroupBox, QL
 from bone_apps.core.volume import Volume
 from bone_apps.dlpred import bridge
 from bone_apps.ui.background import BackgroundTask, join_worker
-from bone_apps.ui.pickers import PathPicker
+from bone_apps.ui.pickers import WEIGHTS_FILTER, WEIGHTS_TITLE, PathPicker
 from bone_apps.ui.settings import AppSettings
 
-WEIGHTS_FILTER = "bone_apps weights (*.pth *.pt);;All files (*)"
 DEBOUNCE_MS = 400  # wait for typing to pause before opening a scan or a weights file
 PROBLEM_STYLE = "color: #b00020;"
 
@@ -51,10 +50,9 @@ class InputsBox(QGroupBox):
                                   "The fitted model, a .pth file written by DLFit or `bone fit`. It "
                                   "carries everything about the model (2D, 2.5D or 3D, architecture, "
                                   "classes, normalization), so nothing else has to be matched by "
-                                  "hand.", file_filter=WEIGHTS_FILTER)
+                                  "hand.", file_filter=WEIGHTS_FILTER, file_title=WEIGHTS_TITLE)
         self.weights.folder_button.hide()
         self.weights.file_button.setText("Choose…")
-        self.weights.file_button.setToolTip("Choose a .pth weights file")
         self.model_info = QLabel()
         self.model_info.setWordWrap(True)
         self.model_info.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)

@@ -34,7 +34,7 @@ from bone_apps.core.scoring import ScoreProgress, result_csv, score_stacks, writ
 from bone_apps.core.volume import check_same_shape, open_volume
 from bone_apps.iou.morphometry_tab import MorphometryTab
 from bone_apps.ui.dialogs import show_error
-from bone_apps.ui.pickers import PathPicker
+from bone_apps.ui.pickers import PathPicker, save_folder
 from bone_apps.ui.plot import LinePlot
 from bone_apps.ui.settings import AppSettings
 from bone_apps.ui.worker import JobWorker
@@ -337,10 +337,12 @@ class IoUWindow(QMainWindow):
     def _save_dialog(self, kind: str) -> None:
         if self.scored is None:
             return
-        start = str(self.scored[1].parent / f"iou.{kind}")
+        folder = save_folder(self.scored[1], self.settings.get("save_folder"))
+        start = str(folder / f"iou.{kind}")
         file, _ = QFileDialog.getSaveFileName(self, "Save scores", start,
                                               f"{kind.upper()} (*.{kind})")
         if file:
+            self.settings.set("save_folder", str(Path(file).parent))
             try:
                 self.save(Path(file))
             except BoneAppsError as exc:  # a foreign JSON file, a full disk, a read-only folder

@@ -11,6 +11,25 @@ from PySide6.QtWidgets import QFileDialog, QHBoxLayout, QLineEdit, QPushButton, 
 from bone_apps.ui.settings import AppSettings
 
 TIFF_FILTER = "TIFF stacks (*.tif *.tiff *.TIF *.TIFF);;All files (*)"
+WEIGHTS_FILTER = "Weights (*.pth *.pt);;All files (*)"
+WEIGHTS_TITLE = "Choose a weights file (.pth)"
+OUTPUT_TITLE = "Choose an output folder"
+DATASET_FOLDERS = ("scans", "masks")  # inputs of a dataset: nothing is ever saved inside them
+
+
+def save_folder(beside: Path | None, last: str | Path | None = None) -> Path:
+    """Where to suggest saving a file about `beside`: its folder, unless that lies in a
+    dataset's scans/ or masks/ folder; then the last folder used, else the dataset's root."""
+    if beside is not None:
+        folder = Path(beside).parent
+        inside = [p for p in (folder, *folder.parents) if p.name in DATASET_FOLDERS]
+        if not inside:
+            return folder
+        if last and Path(last).is_dir() and not any(
+                p.name in DATASET_FOLDERS for p in (Path(last), *Path(last).parents)):
+            return Path(last)
+        return inside[-1].parent
+    return Path(last) if last and Path(last).is_dir() else Path.home()
 
 
 class PathPicker(QWidget):
@@ -24,18 +43,20 @@ class PathPicker(QWidget):
 
     def __init__(self, placeholder: str, settings: AppSettings, settings_key: str,
                  tooltip: str = "", file_filter: str = TIFF_FILTER,
-                 parent: QWidget | None = None) -> None:
+                 parent: QWidget | None = None, *, folder_title: str = "Choose a folder of TIFF slices",
+                 file_title: str = "Choose one multi-page TIFF file") -> None:
         super().__init__(parent)
         self._settings, self._key, self._filter = settings, settings_key, file_filter
+        self.folder_title, self.file_title = folder_title, file_title
         self.edit = QLineEdit()
         self.edit.setPlaceholderText(placeholder)
         self.edit.setToolTip(tooltip)
         self.edit.setText(settings.get(settings_key))
         self.edit.textChanged.connect(self.changed.emit)
         self.folder_button = QPushButton("Folder…")
-        self.folder_button.setToolTip("Choose a folder of TIFF slices")
+        self.folder_button.setToolTip(folder_title)
         self.file_button = QPushButton("File…")
-        self.file_button.setToolTip("Choose one multi-page TIFF file")
+        self.file_button.setToolTip(file_title)
         self.folder_button.clicked.connect(self._browse_folder)
         self.file_button.clicked.connect(self._browse_file)
         layout = QHBoxLayout(self)
@@ -65,13 +86,12 @@ class PathPicker(QWidget):
         return str(current if current.is_dir() else current.parent)
 
     def _browse_folder(self) -> None:
-        folder = QFileDialog.getExistingDirectory(self, "Choose a folder of TIFF slices",
-                                                  self._start_dir())
+        folder = QFileDialog.getExistingDirectory(self, self.folder_title, self._start_dir())
         if folder:
             self.set_path(folder)
 
     def _browse_file(self) -> None:
-        file, _ = QFileDialog.getOpenFileName(self, "Choose a TIFF stack", self._start_dir(),
+        file, _ = QFileDialog.getOpenFileName(self, self.file_title, self._start_dir(),
                                               self._filter)
         if file:
             self.set_path(file)

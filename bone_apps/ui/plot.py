@@ -25,6 +25,7 @@ class LinePlot(QWidget):
         super().__init__(parent)
         self.title, self.x_label, self.y_label, self.y_range = title, x_label, y_label, y_range
         self._series: dict[str, list[tuple[float, float | None]]] = {}
+        self.empty_text = "No data yet."
         self.setMinimumSize(240, 160)
         self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
 
@@ -51,11 +52,30 @@ class LinePlot(QWidget):
             x1 = x0 + 1
         if self.y_range is not None:
             y0, y1 = self.y_range
+        elif not ys:  # nothing drawn yet: a plain 0..1 axis, no invented margins
+            return x0, x1, 0.0, 1.0
         else:
-            y0, y1 = (min(ys), max(ys)) if ys else (0.0, 1.0)
+            y0, y1 = min(ys), max(ys)
             pad = (y1 - y0) * 0.08 or 0.5
             y0, y1 = y0 - pad, y1 + pad
         return x0, x1, y0, y1
+
+    def axes(self) -> tuple[float, float, float, float]:
+        """The drawn ranges (x0, x1, y0, y1)."""
+        return self._bounds()
+
+    def x_ticks(self) -> list[float]:
+        """Values labelled on the x axis (whole numbers when every x is one, or none is drawn)."""
+        x0, x1, _, _ = self._bounds()
+        step = _nice_step(x1 - x0)
+        xs = [x for pts in self._series.values() for x, _ in pts]
+        if all(float(x).is_integer() for x in xs):  # also when empty: no fractional epochs
+            step = max(1.0, step)  # epochs and slices: whole-number ticks only
+        ticks, x = [], math.ceil(x0 / step) * step
+        while x <= x1 + 1e-9:
+            ticks.append(x)
+            x += step
+        return ticks
 
     def paintEvent(self, event) -> None:  # noqa: N802 - Qt override
         painter = QPainter(self)
@@ -91,17 +111,14 @@ class LinePlot(QWidget):
             painter.drawText(QRectF(0, p.y() - line / 2, plot.left() - 4, line),
                              Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter,
                              f"{y:.3g}")
-        step = _nice_step(x1 - x0)
         xs = [x for pts in self._series.values() for x, _ in pts]
-        if xs and all(float(x).is_integer() for x in xs):
-            step = max(1.0, step)  # epochs and slices: whole-number ticks only
-        x = math.ceil(x0 / step) * step
-        while x <= x1 + 1e-9:
+        for x in self.x_ticks():
             p = to_screen(x, y0)
             painter.drawText(QRectF(p.x() - 30, plot.bottom() + 2, 60, line),
                              Qt.AlignmentFlag.AlignHCenter, f"{x:g}")
-            x += step
         painter.drawRect(plot)
+        if not xs:
+            painter.drawText(plot, Qt.AlignmentFlag.AlignCenter, self.empty_text)
         painter.drawText(QRectF(plot.left(), self.height() - line * 1.3, plot.width(), line),
                          Qt.AlignmentFlag.AlignHCenter, self.x_label)
         painter.save()
