@@ -116,3 +116,28 @@ def test_cache_is_invalidated_when_the_scan_changes(tmp_path):
     os.utime(slice0, ns=(os.stat(slice0).st_atime_ns, os.stat(slice0).st_mtime_ns + 10**9))
     second = compute_stats_many([tmp_path / "scan"], workers=1, cache_dir=cache)[0]
     assert first.mean == 7.0 and second.mean == pytest.approx((9 + 7 + 7) / 3)
+
+
+def test_a_script_without_a_main_guard_is_told_what_to_do(tmp_path):
+    """Statistics run in spawned processes, which re-run the user's script: without an
+    `if __name__ == "__main__":` guard the pool breaks, and the user gets one sentence saying so."""
+    import subprocess
+    import sys
+
+    from bone_apps.core.synthetic import write_sample_dataset
+
+    write_sample_dataset(tmp_path / "data", scans=2, seed=0, shape=(4, 32, 32))
+    scans = tmp_path / "data" / "scans"
+    script = tmp_path / "no_guard.py"
+    script.write_text(
+        "from bone_apps.core.errors import BoneAppsError\n"
+        "from bone_apps.core.normalize import run_volume_tasks, stats_task\n"
+        f"scans = [r'{scans / 'bone_00'}', r'{scans / 'bone_01'}']\n"
+        "try:\n"
+        "    run_volume_tasks([(stats_task, s, 'stats') for s in scans], workers=2)\n"
+        "    print('finished')\n"
+        "except BoneAppsError as exc:\n"
+        "    print('refused:', exc)\n")
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120,
+                          cwd=tmp_path)
+    assert "refused:" in done.stdout and '__name__ == "__main__"' in done.stdout, done.stdout

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -188,3 +189,14 @@ def test_multipage_output_above_4gb_would_be_bigtiff(tmp_path):
     finally:
         writer.abort()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_one_name_for_a_volume_whatever_its_form():
+    """Pairs match and outputs are named on the same id: folder name or file name without
+    .tif / .tiff / .ome.tif (an OME-TIFF scan pairs with a plain TIFF mask)."""
+    from bone_apps.core.predict import scan_id
+    from bone_apps.core.volume import volume_id
+
+    for name in ("femur_01", "femur_01.tif", "femur_01.TIFF", "femur_01.ome.tif", "femur_01.ome.tiff"):
+        assert volume_id(Path("data") / name) == "femur_01"
+    assert scan_id is volume_id

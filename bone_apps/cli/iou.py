@@ -50,6 +50,7 @@ def format_table(result) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from bone_apps.core.jobs import run_to_end
     from bone_apps.core.outputs import check_target
     from bone_apps.core.scoring import score_stacks, write_result_json
     from bone_apps.core.volume import open_volume
@@ -65,20 +66,19 @@ def run(args: argparse.Namespace) -> int:
     job = score_stacks(reference, prediction, class_names=args.class_names,
                        ignore_background=args.ignore_background, device=args.device)
     bar = None
-    try:
-        while True:
-            try:
-                progress = next(job)
-            except StopIteration as done:
-                result = done.value
-                break
-            if bar is None and progress.total >= _PROGRESS_MIN_SLICES:
-                from tqdm import tqdm
 
-                bar = tqdm(total=progress.total, unit="slice", desc="scoring", file=sys.stderr,
-                           disable=None, leave=False)
-            if bar is not None:
-                bar.update(progress.done - bar.n)
+    def show(progress) -> None:
+        nonlocal bar
+        if bar is None and progress.total >= _PROGRESS_MIN_SLICES:
+            from tqdm import tqdm
+
+            bar = tqdm(total=progress.total, unit="slice", desc="scoring", file=sys.stderr,
+                       disable=None, leave=False)
+        if bar is not None:
+            bar.update(progress.done - bar.n)
+
+    try:
+        result = run_to_end(job, show)
     finally:
         if bar is not None:
             bar.close()

@@ -58,6 +58,7 @@ def _voxel_size(values: list[float] | None) -> tuple[float, float, float] | None
 
 
 def run(args: argparse.Namespace) -> int:
+    from bone_apps.core.jobs import run_to_end
     from bone_apps.core.morphometry import (
         MeasureOptions,
         check_csv_target,
@@ -76,21 +77,20 @@ def run(args: argparse.Namespace) -> int:
         cortical=tuple(args.cortical or ()), slab_slices=args.slab)
     job = measure_stacks(args.mask, options, maps=args.maps, overwrite=args.overwrite)
     bar = None
-    try:
-        while True:
-            try:
-                progress = next(job)
-            except StopIteration as done:
-                result = done.value
-                break
-            if bar is None:
-                from tqdm import tqdm
 
-                bar = tqdm(total=progress.total, unit="step", desc="measuring", file=sys.stderr,
-                           disable=None, leave=False)
-            bar.total = progress.total
-            bar.set_description(progress.stage, refresh=False)
-            bar.update(progress.done - bar.n)
+    def show(progress) -> None:
+        nonlocal bar
+        if bar is None:
+            from tqdm import tqdm
+
+            bar = tqdm(total=progress.total, unit="step", desc="measuring", file=sys.stderr,
+                       disable=None, leave=False)
+        bar.total = progress.total
+        bar.set_description(progress.stage, refresh=False)
+        bar.update(progress.done - bar.n)
+
+    try:
+        result = run_to_end(job, show)
     finally:
         if bar is not None:
             bar.close()

@@ -121,6 +121,7 @@ class _Progress:
 def run(args: argparse.Namespace) -> int:
     from bone_apps.core.cleanup import CleanOptions
     from bone_apps.core.errors import PredictConfigError
+    from bone_apps.core.jobs import run_to_end
     from bone_apps.core.normalize import default_cache_dir
     from bone_apps.core.predict import PredictConfig, predict, scans_in
 
@@ -141,16 +142,9 @@ def run(args: argparse.Namespace) -> int:
     progress = _Progress(enabled=rank == 0)
     job = predict(config)
     try:
-        while True:
-            try:
-                event = next(job)
-            except StopIteration as done:
-                report = done.value
-                break
-            progress(event)
+        report = run_to_end(job, progress)  # on Ctrl-C the job removes its outputs in progress
     finally:
         progress.close()
-        job.close()  # on Ctrl-C: the outputs in progress are removed before we exit
     if rank == 0:
         print(report.text())
         if args.report:

@@ -41,6 +41,7 @@ from bone_apps.core.errors import (
     PretrainedUnavailableError,
 )
 from bone_apps.core.fitconfig import FitConfig, resumed_config
+from bone_apps.core.jobs import run_to_end
 from bone_apps.core.loader import TRAIN, VAL, FitBatches, FitSampler, make_loader
 from bone_apps.core.models import (
     BORDER_PADDING,
@@ -280,14 +281,7 @@ def run_fit(
     config: FitConfig, on_event: Callable[[FitEvent], None] | None = None, **kwargs,
 ) -> FitResult:
     """Drive `fit` to the end, passing each record to `on_event`; returns the result."""
-    generator = fit(config, **kwargs)
-    while True:
-        try:
-            event = next(generator)
-        except StopIteration as done:
-            return done.value
-        if on_event is not None:
-            on_event(event)
+    return run_to_end(fit(config, **kwargs), on_event)
 
 
 class _FitRun:

@@ -26,6 +26,7 @@ import numpy as np
 
 from bone_apps.core import outputs
 from bone_apps.core.errors import BoneAppsError, Cancelled, LabelError, OutputExistsError
+from bone_apps.core.jobs import run_to_end
 from bone_apps.core.labels import file_key, too_many_values
 from bone_apps.core.measure import cortical, euler, surface, thickness
 from bone_apps.core.measure.report import (
@@ -91,12 +92,7 @@ class MeasureProgress:
 def measure(mask: str | os.PathLike | Volume, options: MeasureOptions | None = None,
             maps: str | os.PathLike | None = None, overwrite: bool = False) -> MorphometryResult:
     """Run `measure_stacks` to the end and return its result."""
-    job = measure_stacks(mask, options, maps=maps, overwrite=overwrite)
-    while True:
-        try:
-            next(job)
-        except StopIteration as done:
-            return done.value
+    return run_to_end(measure_stacks(mask, options, maps=maps, overwrite=overwrite))
 
 
 def measure_stacks(mask: str | os.PathLike | Volume, options: MeasureOptions | None = None,

@@ -303,6 +303,7 @@ def run_volume_tasks(
     else:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor, as_completed
+        from concurrent.futures.process import BrokenProcessPool
 
         # Spawn behaves the same on Linux, Windows and macOS, and never forks a process
         # that holds threads (the monitor, torch's pools).
@@ -312,7 +313,15 @@ def run_volume_tasks(
             with _interrupts_ignored():  # the workers start ignoring Ctrl-C: the parent handles it
                 futures = {pool.submit(tasks[i][0], str(tasks[i][1])): i for i in todo}
             for future in as_completed(futures):
-                finish(futures[future], future.result())
+                try:
+                    value = future.result()
+                except BrokenProcessPool:
+                    raise BoneAppsError(
+                        "a statistics process stopped before it finished: when bone_apps is started "
+                        "from your own Python script, put that code under `if __name__ == "
+                        "\"__main__\":` (new processes run the script again); otherwise free some "
+                        "memory or use fewer statistics workers.") from None
+                finish(futures[future], value)
         except BaseException:
             # Stop (Ctrl-C, SIGTERM, an error): end the workers now rather than after their scans.
             # ProcessPoolExecutor.terminate_workers() only arrives in Python 3.14.

@@ -18,7 +18,7 @@ from bone_apps.core.errors import DataCheckError, LabelError, VolumeError
 from bone_apps.core.labels import MAX_LABEL_VALUES, LabelMap, label_map_for, too_many_values
 from bone_apps.core.normalize import ScanStats, run_volume_tasks, stats_task
 from bone_apps.core.outputs import read_marker, tiff_is_ours
-from bone_apps.core.volume import TIFF_SUFFIXES, natural_key, open_volume
+from bone_apps.core.volume import TIFF_SUFFIXES, natural_key, open_volume, volume_id
 
 DEFAULT_CLASS_NAMES = ("background", "bone", "pores")
 
@@ -86,21 +86,13 @@ class DataSummary:
         return "\n".join(lines)
 
 
-def _volume_id(path: Path) -> str:
-    name = path.name
-    for suffix in TIFF_SUFFIXES:
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return name
-
-
 def is_prediction_output(path: Path) -> bool:
     """Whether `path` is a label or probability stack that a prediction wrote (named
     `<id>_labels` or `<id>_labels_prob_<class>`, carrying bone_apps' ownership proof).
 
     The proof alone does not tell: sample datasets' scans and masks carry it too.
     """
-    ident = _volume_id(path)
+    ident = volume_id(path)
     if not (ident.endswith("_labels") or "_labels_prob_" in ident):
         return False
     return read_marker(path) is not None if path.is_dir() else tiff_is_ours(path)
@@ -118,7 +110,7 @@ def _entries(folder: Path, skipped: list[Path] | None = None) -> dict[str, Path]
                 if skipped is not None:
                     skipped.append(path)
                 continue
-            found[_volume_id(path)] = path
+            found[volume_id(path)] = path
     return found
 
 
@@ -167,7 +159,7 @@ def pairs_from_paths(pairs: Sequence[tuple[str | os.PathLike, str | os.PathLike]
     result, seen = [], {}
     for scan, mask in pairs:
         scan, mask = Path(scan).expanduser(), Path(mask).expanduser()
-        base = _volume_id(scan)
+        base = volume_id(scan)
         seen[base] = seen.get(base, 0) + 1
         ident = base if seen[base] == 1 else f"{base}_{seen[base]}"
         result.append(ScanPair(ident, scan, mask))

@@ -37,9 +37,10 @@ from bone_apps.core.errors import (
     VolumeError,
     WeightsError,
 )
+from bone_apps.core.jobs import run_to_end
 from bone_apps.core.labels import LabelMap, check_class_names
 from bone_apps.core.outputs import check_targets, make_dirs, write_json_file
-from bone_apps.core.volume import TIFF_SUFFIXES, Volume, natural_key, open_volume
+from bone_apps.core.volume import TIFF_SUFFIXES, Volume, natural_key, open_volume, volume_id
 from bone_apps.core.windows import (
     AxisPlan,
     BlendMode,
@@ -182,13 +183,7 @@ def scans_in(root: str | os.PathLike) -> list[Path]:
     return sorted(scans, key=lambda p: natural_key(p.name))
 
 
-def scan_id(path: Path) -> str:
-    """The name a scan's outputs get: its folder name, or its file name without .tif / .ome.tif."""
-    name = path.name
-    for suffix in (".ome.tiff", ".ome.tif", *TIFF_SUFFIXES):
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return name
+scan_id = volume_id  # the name a scan's outputs get
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1302,11 +1297,4 @@ def _clean_and_save(labels: np.ndarray, options: CleanOptions, spec: ModelSpec,
 def run_predict(config: PredictConfig, stop: threading.Event | None = None,
                 on_event: Callable[[PredictEvent], None] | None = None) -> PredictReport:
     """Run `predict` to the end (optionally seeing each record) and return its report."""
-    job = predict(config, stop)
-    while True:
-        try:
-            event = next(job)
-        except StopIteration as done:
-            return done.value
-        if on_event is not None:
-            on_event(event)
+    return run_to_end(predict(config, stop), on_event)

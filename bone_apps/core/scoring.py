@@ -20,6 +20,7 @@ import numpy as np
 
 from bone_apps.core.choices import parse_choice
 from bone_apps.core.errors import BoneAppsError, Cancelled, LabelError
+from bone_apps.core.jobs import run_to_end
 from bone_apps.core.labels import (
     MAX_LABEL_VALUES,
     check_class_names,
@@ -274,15 +275,6 @@ def compute_iou(reference: str | os.PathLike | Volume, prediction: str | os.Path
                 **options: object) -> IoUResult:
     """Run `score_stacks` to the end and return its result."""
     return run_to_end(score_stacks(reference, prediction, **options))
-
-
-def run_to_end(job: Generator) -> object:
-    """Drain a core job generator and return its return value."""
-    while True:
-        try:
-            next(job)
-        except StopIteration as done:
-            return done.value
 
 
 def write_result_json(result: IoUResult, path: str | os.PathLike, reference: str = "",

@@ -61,6 +61,16 @@ class VoxelSize:
         return f"{self.z:g} x {self.y:g} x {self.x:g} um (z, y, x)"
 
 
+def volume_id(path: Path) -> str:
+    """A scan's or mask's name: its folder name, or its file name without .tif / .ome.tif
+    (pairs match on it; outputs are named after it)."""
+    name = Path(path).name
+    for suffix in (".ome.tiff", ".ome.tif", *TIFF_SUFFIXES):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
 def natural_key(name: str) -> list:
     """Sort key that orders 's_2.tif' before 's_10.tif'."""
     return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", name)]

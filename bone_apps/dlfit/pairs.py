@@ -24,6 +24,7 @@ from PySide6.QtWidgets import (
     QMenu,
     QPushButton,
     QStyledItemDelegate,
+    QStyleOptionViewItem,
     QTableWidget,
     QTableWidgetItem,
     QVBoxLayout,
@@ -44,12 +45,16 @@ _MASK_NAME = re.compile(r"mask|label|seg|truth|annot", re.IGNORECASE)
 _KEY = Qt.ItemDataRole.UserRole
 
 
-class _ElideRight(QStyledItemDelegate):
-    """Check texts read from the left: cut them at the right (paths are cut in the middle)."""
+class _CellDelegate(QStyledItemDelegate):
+    """Check texts wrap onto as many lines as they need (the row grows); paths stay on one
+    line and are cut in the middle."""
 
     def initStyleOption(self, option, index) -> None:  # noqa: N802 - Qt override
         super().initStyleOption(option, index)
-        option.textElideMode = Qt.TextElideMode.ElideRight
+        if index.column() == CHECK:
+            option.features |= QStyleOptionViewItem.ViewItemFeature.WrapText
+        else:
+            option.features &= ~QStyleOptionViewItem.ViewItemFeature.WrapText
 
 
 class _DropTable(QTableWidget):
@@ -110,9 +115,11 @@ class PairsPanel(QWidget):
                              (CHECK, QHeaderView.ResizeMode.Stretch),
                              (VALIDATION, QHeaderView.ResizeMode.ResizeToContents)):
             header.setSectionResizeMode(column, mode)
-        self.table.setWordWrap(False)
+        # Word wrap lets rows grow to their check text; the delegate keeps paths on one line.
+        self.table.setWordWrap(True)
         self.table.setTextElideMode(Qt.TextElideMode.ElideMiddle)
-        self.table.setItemDelegateForColumn(CHECK, _ElideRight(self.table))
+        self.table.setItemDelegate(_CellDelegate(self.table))
+        self.table.verticalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
         self.table.setSelectionBehavior(QTableWidget.SelectionBehavior.SelectRows)
         self.table.setToolTip(
             "Each row is one scan and its mask (same size, labels 0 = background, 1 = bone, "
@@ -134,7 +141,7 @@ class PairsPanel(QWidget):
         self.root_button.setToolTip("Choose a folder holding scans/<name> and masks/<name>: every "
                                     "scan is paired with the mask of the same name.")
         self.root_button.clicked.connect(self._browse_root)
-        self.remove_button = QPushButton("Re&move selected")
+        self.remove_button = QPushButton("&Remove selected")
         self.remove_button.setToolTip("Remove the selected rows (the files stay on disk).")
         self.remove_button.clicked.connect(self.remove_selected)
         delete = QShortcut(QKeySequence.StandardKey.Delete, self.table)
@@ -313,7 +320,7 @@ class PairsPanel(QWidget):
         self._filling = True
         item = self.table.item(row, CHECK)
         item.setText("checking…" if check is None else check.summary())
-        item.setToolTip("" if check is None else check.details())
+        item.setToolTip("" if check is None else f"{check.summary()}\n\n{check.details()}")
         color = None if check is None else (PROBLEM_BG if check.problem else
                                             WARNING_BG if check.warning else None)
         for column in range(self.table.columnCount()):

@@ -19,6 +19,7 @@ from PySide6.QtWidgets import (
     QScrollArea,
     QSpinBox,
     QSplitter,
+    QTabWidget,
     QVBoxLayout,
     QWidget,
 )
@@ -30,7 +31,9 @@ from bone_apps.core.fitconfig import FitConfig, easy_config, resume_request, res
 from bone_apps.core.pairs import pairs_from_paths
 from bone_apps.dlfit.curves import FitMonitor
 from bone_apps.dlfit.dialogs import ask_about_earlier_run, choose_config_file
+from bone_apps.dlfit.handover import finished_model, open_dlpred
 from bone_apps.dlfit.options import AdvancedOptions
+from bone_apps.dlfit.pair_view import PairView
 from bone_apps.dlfit.pairs import VALIDATION, PairsPanel
 from bone_apps.dlfit.runner import FitRunner, read_history, run_status
 from bone_apps.dlfit.tips import EASY_RECIPE, TIPS, easy_recipe_text, plain_options
@@ -50,6 +53,7 @@ class DLFitWindow(QMainWindow):
         self.settings = settings or AppSettings("dlfit")
         self.last_error = ""
         self.question: QMessageBox | None = None
+        self.dlpred_window: QMainWindow | None = None  # opened by "Predict with this model…"
         self._run_use: tuple[int, int, list[str]] | None = None  # Easy run: patch, batch, notes
         self._build()
         self._restore()
@@ -115,10 +119,14 @@ class DLFitWindow(QMainWindow):
         self.resume_button = self._button(
             "Res&ume", "Continue the run in the output folder with the options it started "
             "with; more Epochs fit it further. (F6)", self.resume)
+        self.predict_button = self._button(
+            "Predict &with this model…", "Open DLPred with this run's model chosen, to segment "
+            "a scan with it.", self.open_dlpred)
         run_row = QHBoxLayout()
         for button in (self.start_button, self.stop_button, self.resume_button):
             run_row.addWidget(button)
         run_row.addStretch(1)
+        run_row.addWidget(self.predict_button)
 
         setup = QWidget()
         left = QVBoxLayout(setup)
@@ -135,9 +143,14 @@ class DLFitWindow(QMainWindow):
         self.runner.finished.connect(self._on_fit_finished)
         self.runner.progress.connect(self._on_progress)
         self.easy_epochs.valueChanged.connect(self._update_buttons)  # more epochs: Resume
+        self.pair_view = PairView(self.pairs)
+        self.pair_view.shown.connect(self._on_pair_shown)
+        self.side_tabs = QTabWidget()
+        self.side_tabs.addTab(self.monitor, "Progress and curves")
+        self.side_tabs.addTab(self.pair_view, "Selected pair")
         self.splitter = QSplitter(Qt.Orientation.Horizontal)
         self.splitter.addWidget(setup)
-        self.splitter.addWidget(self.monitor)
+        self.splitter.addWidget(self.side_tabs)
         self.splitter.setStretchFactor(0, 1)
         self.splitter.setStretchFactor(1, 1)
         self.splitter.setChildrenCollapsible(False)
@@ -334,6 +347,7 @@ class DLFitWindow(QMainWindow):
         status = run_status(out) if out is not None else ""
         self.resume_button.setEnabled(not running and (status == "resumable" or (
             status == "completed" and self.easy_epochs.value() > len(read_history(out)))))
+        self.predict_button.setEnabled(not running and finished_model(out) is not None)
         for widget in (self.pairs, self.advanced, self.out, self.easy_radio, self.advanced_radio,
                        self.easy_epochs):
             widget.setEnabled(not running)
@@ -362,6 +376,18 @@ class DLFitWindow(QMainWindow):
             self.recipe.setText(EASY_RECIPE)
             self.statusBar().clearMessage()
         self._update_buttons()
+
+    def open_dlpred(self) -> QMainWindow | None:
+        """Open DLPred with the finished run's model (None when the folder holds none)."""
+        model = finished_model(self.out.path())
+        if model is not None:
+            self.dlpred_window = open_dlpred(model, self.dlpred_window)
+            return self.dlpred_window
+        return None
+
+    def _on_pair_shown(self) -> None:
+        if not self.runner.is_running():  # a running fit keeps its curves in front
+            self.side_tabs.setCurrentWidget(self.pair_view)
 
     def _class_names_changed(self) -> None:
         names = self.advanced.values()["class_names"]
@@ -420,4 +446,5 @@ class DLFitWindow(QMainWindow):
         self.runner.stop()
         self.runner.wait()
         self.pairs.stop_checks()
+        self.pair_view.close_pair()
         super().closeEvent(event)

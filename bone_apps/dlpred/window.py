@@ -145,14 +145,16 @@ class DLPredWindow(QMainWindow):
         right.addWidget(results_box)
         right.setStretchFactor(0, 3)
         right.setStretchFactor(1, 2)
-        splitter = QSplitter(Qt.Orientation.Horizontal)
-        splitter.addWidget(left_scroll)
-        splitter.addWidget(right)
-        splitter.setStretchFactor(1, 1)
+        # The user drags the handle to widen the left column when its paths are long.
+        self.splitter = QSplitter(Qt.Orientation.Horizontal)
+        self.splitter.addWidget(left_scroll)
+        self.splitter.addWidget(right)
+        self.splitter.setStretchFactor(1, 1)
+        self.splitter.setChildrenCollapsible(False)
         em = self.fontMetrics().averageCharWidth()
-        splitter.setSizes([70 * em, 110 * em])  # in characters: right on any screen density
+        self.splitter.setSizes([70 * em, 110 * em])  # in characters: right on any screen density
         right.setSizes([60, 40])
-        self.setCentralWidget(splitter)
+        self.setCentralWidget(self.splitter)
 
         self.statusBar().showMessage("Choose a scan and a weights file, then Predict.")
         self.resize(1200, 780)

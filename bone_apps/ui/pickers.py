@@ -50,8 +50,10 @@ class PathPicker(QWidget):
         self.folder_title, self.file_title = folder_title, file_title
         self.edit = QLineEdit()
         self.edit.setPlaceholderText(placeholder)
-        self.edit.setToolTip(tooltip)
+        self._tooltip = tooltip
+        self.edit.textChanged.connect(self._show_full_path)
         self.edit.setText(settings.get(settings_key))
+        self._show_full_path(self.edit.text())
         self.edit.textChanged.connect(self.changed.emit)
         self.folder_button = QPushButton("Folder…")
         self.folder_button.setToolTip(folder_title)
@@ -65,6 +67,12 @@ class PathPicker(QWidget):
         layout.addWidget(self.folder_button)
         layout.addWidget(self.file_button)
         self.setAcceptDrops(True)
+
+    def _show_full_path(self, text: str) -> None:
+        """A narrow field cuts a long path: its tooltip shows the whole of it."""
+        full = text.strip()
+        self.edit.setToolTip(f"{full}\n\n{self._tooltip}" if full and self._tooltip else
+                             full or self._tooltip)
 
     def path(self) -> Path | None:
         text = self.edit.text().strip()

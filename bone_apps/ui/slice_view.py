@@ -28,6 +28,7 @@ from PySide6.QtWidgets import (
 )
 
 from bone_apps.core.volume import Volume
+from bone_apps.ui.contrast import ContrastBar, percentile_range
 
 # Label 0 (background) is never tinted; then green bone and blue pores as in the paper's figures.
 CLASS_COLOURS = ("#000000", "#2ca02c", "#1f77b4", "#ff7f0e", "#d62728", "#9467bd", "#8c564b",
@@ -192,6 +193,10 @@ class SliceView(QWidget):
         self._follow_timer.setSingleShot(True)
         self._follow_timer.setInterval(FOLLOW_INTERVAL_MS)
         self._follow_timer.timeout.connect(self._follow_pending)
+        # Micro-CT grey levels vary widely between scanners and scans: black and white are the user's.
+        self.contrast = ContrastBar()
+        self.contrast.changed.connect(self._set_contrast)
+        self.contrast.auto_requested.connect(self.auto_contrast)
         self.info = QLabel("No scan")
         self.legend = QLabel()
         self.legend.setTextFormat(Qt.TextFormat.RichText)
@@ -211,6 +216,10 @@ class SliceView(QWidget):
         zoom_row.addWidget(zoom_label)
         zoom_row.addWidget(self.zoom)
         controls.addLayout(zoom_row, 1, 2, 1, 2)
+        contrast_label = QLabel("Co&ntrast:")
+        contrast_label.setBuddy(self.contrast.low)
+        controls.addWidget(contrast_label, 2, 0)
+        controls.addWidget(self.contrast, 2, 1, 1, 3)
         controls.setColumnStretch(1, 1)
         footer = QHBoxLayout()
         footer.addWidget(self.info, 1)
@@ -240,10 +249,25 @@ class SliceView(QWidget):
             widget.setRange(0, depth - 1)
             widget.blockSignals(False)
         self.z_spin.setValue(self.z_slider.value())
-        for widget in (self.z_slider, self.z_spin, self.opacity, self.zoom):
+        for widget in (self.z_slider, self.z_spin, self.opacity, self.zoom, self.contrast):
             widget.setEnabled(volume is not None)
         if volume is not None:
-            self._contrast = self._estimate_contrast(volume)
+            self._show_contrast(*self._estimate_contrast(volume))
+        self._render()
+
+    def auto_contrast(self) -> None:
+        """Black and white from the percentiles of the shown slice."""
+        if self.volume is not None:
+            self._show_contrast(*percentile_range(self.volume.read_slice(self.z())))
+            self._render()
+
+    def _show_contrast(self, lo: float, hi: float) -> None:
+        integer = self.volume is not None and np.issubdtype(np.dtype(self.volume.dtype), np.integer)
+        self.contrast.set_range(lo, hi, integer)
+        self._contrast = self.contrast.values()
+
+    def _set_contrast(self, lo: float, hi: float) -> None:
+        self._contrast = (lo, hi)
         self._render()
 
     def set_labels(self, source: LabelSource | None) -> None:
