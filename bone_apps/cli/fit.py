@@ -23,6 +23,8 @@ def _names(text: str) -> list[str]:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    from bone_apps.core.devices import DEVICE_FORMS
+
     parser = subparsers.add_parser(
         "fit", help="fit a segmentation model on scan/mask pairs",
         description="Fit a 2D, 2.5D or 3D segmentation model on scan/mask pairs and write "
@@ -99,7 +101,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                          help="central slices of each validation scan predicted whole after each "
                               "epoch, as prediction runs; that score picks the best epoch "
                               "(64; 0: all; -1: score patches only)")
-    fitting.add_argument("--device", help="auto, cpu, cuda, cuda:N, cuda:0,1 or cuda:all")
+    fitting.add_argument("--device", metavar="|".join(DEVICE_FORMS),
+                         help="where fitting runs (auto; several GPUs: DataParallel)")
     fitting.add_argument("--precision", choices=["auto", "fp32", "fp16", "bf16"],
                          help="auto: mixed fp16 on CUDA, fp32 on the CPU")
     fitting.add_argument("--workers", type=int, metavar="N", help="data loader processes (one per core)")

@@ -10,6 +10,8 @@ _PROGRESS_MIN_SLICES = 8
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    from bone_apps.core.devices import DEVICE_CHOICES, DEVICE_FORMS
+
     parser = subparsers.add_parser(
         "iou", help="class-wise and mean IoU and Dice of a prediction against a reference",
         description="Compare two label stacks (folders of TIFF slices or multi-page TIFFs) "
@@ -24,8 +26,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write the scores as JSON")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an existing --json file (only one bone_apps wrote)")
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
-                        help="where to count (default auto: a GPU when present)")
+    parser.add_argument("--device", default="auto", choices=DEVICE_CHOICES, metavar="|".join(DEVICE_FORMS),
+                        help="where to count (default auto: a GPU when present; several GPUs or "
+                             "cuda:all: the first)")
     parser.set_defaults(func=run, command="iou")
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from dataclasses import fields
 from pathlib import Path
 
 
@@ -21,6 +22,15 @@ def _batch(text: str) -> int | None:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    from bone_apps.core.devices import DEVICE_FORMS
+    from bone_apps.core.predict import PredictConfig
+    from bone_apps.core.slice_validation import InferenceSettings
+    from bone_apps.core.windows import BlendMode
+
+    # Defaults are PredictConfig's; None for chunk, overlap and blend means "from the weights",
+    # whose fallback for weights that say nothing is the paper's InferenceSettings.
+    default = {f.name: f.default for f in fields(PredictConfig)}
+    paper = InferenceSettings()
     parser = subparsers.add_parser(
         "predict", help="segment scans with a fitted model (weights .pth) into label stacks",
         description="Predict a label stack for each scan: chunks are normalized like in fitting, "
@@ -38,28 +48,31 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", type=Path, required=True, metavar="OUT",
                         help="one scan: its label stack (a folder, or a .tif for a multi-page scan); "
                              "several: a folder receiving OUT/<id>")
-    parser.add_argument("--chunk", type=int, default=None, metavar="N",
+    parser.add_argument("--chunk", type=int, default=default["chunk"], metavar="N",
                         help="chunk edge in pixels (default: what the fit validated, from the weights; "
-                             "512 for older weights; shrunk to small slices)")
-    parser.add_argument("--chunk-depth", type=int, metavar="N",
+                             f"{paper.chunk} for older weights; shrunk to small slices)")
+    parser.add_argument("--chunk-depth", type=int, default=default["chunk_depth"], metavar="N",
                         help="3D models: chunk depth in slices (default: the fitted patch depth)")
-    parser.add_argument("--overlap", type=float, default=None, metavar="F",
+    parser.add_argument("--overlap", type=float, default=default["overlap"], metavar="F",
                         help="fraction of a chunk shared with its neighbour, in [0, 1) (default: from "
-                             "the weights; 0.25 for older weights)")
-    parser.add_argument("--threshold", type=float, default=0.5, metavar="T",
+                             f"the weights; {paper.overlap:g} for older weights)")
+    parser.add_argument("--threshold", type=float, default=default["threshold"], metavar="T",
                         help="voxels whose winning probability is below T become background "
-                             "(default 0.5; 0 keeps every label)")
-    parser.add_argument("--blend", choices=["mean", "gaussian"], default=None,
-                        help="weighting of overlapping chunks (default: from the weights; mean for "
-                             "older weights)")
-    parser.add_argument("--batch", type=_batch, default=None, metavar="auto|N",
+                             f"(default {default['threshold']:g}; 0 keeps every label)")
+    parser.add_argument("--blend", choices=[m.value for m in BlendMode], default=default["blend"],
+                        help=f"weighting of overlapping chunks (default: from the weights; {paper.blend} "
+                             "for older weights)")
+    parser.add_argument("--batch", type=_batch, default=default["batch"], metavar="auto|N",
                         help="chunks per forward pass (default auto: from free GPU memory or RAM)")
-    parser.add_argument("--device", default="auto", metavar="auto|cpu|cuda|cuda:0,1",
-                        help="where the network runs (default auto; several GPUs: cuda:0,1)")
-    parser.add_argument("--tta", action="store_true", help="average over flipped copies (4x slower)")
-    parser.add_argument("--probabilities", action="store_true",
+    parser.add_argument("--device", default=default["device"], metavar="|".join(DEVICE_FORMS),
+                        help=f"where the network runs (default {default['device']}; several GPUs: "
+                             "cuda:0,1 or cuda:all)")
+    parser.add_argument("--tta", action="store_true", default=default["tta"],
+                        help="average over flipped copies (4x slower)")
+    parser.add_argument("--probabilities", action="store_true", default=default["probabilities"],
                         help="also write each class's probability stack (uint8, 0-255) next to the labels")
-    parser.add_argument("--report", type=Path, metavar="FILE.json", help="also write the report as JSON")
+    parser.add_argument("--report", type=Path, default=default["report"], metavar="FILE.json",
+                        help="also write the report as JSON")
     clean = parser.add_argument_group(
         "clean-up (off unless one of these is given)",
         "Clean each label stack before it is saved, as `bone clean` would: removed voxels take the "
@@ -72,7 +85,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help="remove pieces of any non-zero label with fewer than N voxels")
     clean.add_argument("--clean-fill-holes", type=int, default=0, metavar="N",
                        help="fill background pockets enclosed by one label with fewer than N voxels")
-    parser.add_argument("--overwrite", action="store_true",
+    parser.add_argument("--overwrite", action="store_true", default=default["overwrite"],
                         help="replace existing outputs, only ones bone_apps wrote (others are "
                              "never touched)")
     parser.set_defaults(func=run, command="predict")

@@ -34,6 +34,7 @@ from bone_apps.core.checkpoint import (
     save_checkpoint,
     set_rng_states,
 )
+from bone_apps.core.devices import ALL_GPUS, gpu_indices, parse_devices
 from bone_apps.core.errors import (
     BoneAppsError,
     Cancelled,
@@ -45,6 +46,7 @@ from bone_apps.core.jobs import run_to_end
 from bone_apps.core.loader import TRAIN, VAL, FitBatches, FitSampler, make_loader
 from bone_apps.core.models import (
     BORDER_PADDING,
+    REQUIRED_MULTIPLE_2D,
     REQUIRED_MULTIPLE_3D,
     build_model,
     canonical_architecture,
@@ -195,36 +197,29 @@ class _Devices:
     def __init__(self, text: str, dist: ddp.DistInfo) -> None:
         import torch
 
-        text = (text or "auto").strip().lower()
+        devices = parse_devices(text or "auto", FitConfigError)
         cuda = torch.cuda.is_available()
         self.ids: list[int] | None = None
-        if text == "auto":
-            text = "cuda" if cuda else "cpu"
-        if text == "cpu":
+        if devices == ["auto"]:
+            devices = ["cuda" if cuda else "cpu"]
+        if devices == ["cpu"]:
             self.device = torch.device("cpu")
             return
-        if not text.startswith("cuda"):
-            raise FitConfigError(f"device {text!r} is unknown: use auto, cpu, cuda, cuda:N, "
-                                 "cuda:0,1 or cuda:all.")
         if not cuda:
             raise FitConfigError("no CUDA GPU is available here: use --device cpu (or auto).")
         count = torch.cuda.device_count()
         if dist.enabled:  # torchrun: one GPU per process
             self.device = torch.device("cuda", dist.local_rank % count)
             return
-        spec = text[5:].lstrip(":")
-        if spec in ("", "0") or spec.isdigit():
-            index = int(spec or 0)
+        ids = gpu_indices(devices, count)
+        if len(devices) == 1 and devices != [ALL_GPUS]:  # cuda or cuda:N
+            index = ids[0]
             if index >= count:
                 raise FitConfigError(f"GPU {index} does not exist ({count} present): use "
                                      f"cuda:0..{count - 1}.")
             self.device = torch.device("cuda", index)
             return
-        try:
-            ids = list(range(count)) if spec == "all" else [int(s) for s in spec.split(",")]
-        except ValueError:
-            raise FitConfigError(f"device {text!r} is unknown: use e.g. cuda:0,1 or cuda:all.") from None
-        if any(i >= count or i < 0 for i in ids):
+        if any(i >= count for i in ids):
             raise FitConfigError(f"device {text!r} names a GPU that does not exist ({count} "
                                  "present).")
         self.device = torch.device("cuda", ids[0])
@@ -502,7 +497,7 @@ class _FitRun:
         side = min(min(infos[i].shape[1:]) for i in split.train + split.val)
         patch = cfg.patch
         if side < patch:
-            patch = max(32, side // 32 * 32)
+            patch = max(REQUIRED_MULTIPLE_2D, side // REQUIRED_MULTIPLE_2D * REQUIRED_MULTIPLE_2D)
             self.notes.append(f"Easy mode: patches shrink from {cfg.patch} to {patch} px because "
                               f"the smallest scan is {side} px across.")
         patches = sum(infos[i].shape[0] * min(cfg.patches_per_tile, patch_capacity(
@@ -563,7 +558,7 @@ class _FitRun:
         infos = summary.by_id()
         used = split.train + split.val
         dims = Dims.parse(cfg.dims)
-        multiple = REQUIRED_MULTIPLE_3D if dims is Dims.D3 else 32
+        multiple = REQUIRED_MULTIPLE_3D if dims is Dims.D3 else REQUIRED_MULTIPLE_2D
         scan = min(used, key=lambda i: min(infos[i].shape[1:]))
         side = min(infos[scan].shape[1:])
         largest = max(multiple, 2 * side // multiple * multiple)
@@ -584,15 +579,16 @@ class _FitRun:
 
     def _check_patch_geometry(self, cfg: FitConfig) -> None:
         dims = Dims.parse(cfg.dims)
-        multiple = REQUIRED_MULTIPLE_3D if dims is Dims.D3 else 32
+        multiple = REQUIRED_MULTIPLE_3D if dims is Dims.D3 else REQUIRED_MULTIPLE_2D
         if cfg.patch % multiple:
             lower = max(multiple, cfg.patch // multiple * multiple)
             raise FitConfigError(f"patch size {cfg.patch} is not a multiple of {multiple}, which "
                                  f"the network needs: use {lower} or {lower + multiple}.")
-        if dims is Dims.D3 and cfg.patch_depth % 16:
-            lower = max(16, cfg.patch_depth // 16 * 16)
-            raise FitConfigError(f"patch depth {cfg.patch_depth} is not a multiple of 16, which "
-                                 f"the 3D network needs: use {lower} or {lower + 16}.")
+        depth_multiple = REQUIRED_MULTIPLE_3D
+        if dims is Dims.D3 and cfg.patch_depth % depth_multiple:
+            lower = max(depth_multiple, cfg.patch_depth // depth_multiple * depth_multiple)
+            raise FitConfigError(f"patch depth {cfg.patch_depth} is not a multiple of {depth_multiple}, "
+                                 f"which the 3D network needs: use {lower} or {lower + depth_multiple}.")
 
     def _build_model(self, cfg: FitConfig, summary: DataSummary, checkpoint: dict | None):
         import torch

@@ -29,6 +29,7 @@ _BASICUNET_FEATURES = {
     "base": (32, 32, 64, 128, 256, 32),  # MONAI's default
 }
 ARCHITECTURES_3D = {"BasicUNet": _BASICUNET_FEATURES}
+REQUIRED_MULTIPLE_2D = 32  # a 5-stage 2D encoder (output stride 32); patch sizes are checked against it
 REQUIRED_MULTIPLE_3D = 16
 _HUB_HOST = ("huggingface.co", 443)
 
@@ -204,7 +205,7 @@ def required_multiple(model: torch.nn.Module, dims: str) -> int:
     if dims == "3d":
         return REQUIRED_MULTIPLE_3D
     encoder = getattr(model, "encoder", None)
-    return int(getattr(encoder, "output_stride", 32))
+    return int(getattr(encoder, "output_stride", REQUIRED_MULTIPLE_2D))
 
 
 def model_from_meta(meta: dict) -> torch.nn.Module:

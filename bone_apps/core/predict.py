@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from bone_apps.core.devices import gpu_indices, parse_devices
 from bone_apps.core.errors import (
     BoneAppsError,
     Cancelled,
@@ -65,7 +66,6 @@ CPU_PIXELS_PER_PASS = 512 * 512
 CPU_MEMORY_FRACTION = 0.25
 GPU_MEMORY_FRACTION = 0.8
 MAX_AUTO_BATCH = 256
-_DEVICE_RE = re.compile(r"^(auto|cpu|cuda|cuda:\d+(,\d+)*)$")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -91,7 +91,8 @@ class PredictConfig:
         threshold: a voxel whose winning class probability is below it becomes background (0).
         blend: how overlapping chunks are weighted (mean or gaussian).
         batch: chunks per forward pass; None picks it from free GPU memory or available RAM.
-        device: "auto", "cpu", "cuda", "cuda:N" or "cuda:N,M,..." (several GPUs: DataParallel).
+        device: "auto", "cpu", "cuda", "cuda:N", "cuda:N,M,..." or "cuda:all" (core/devices.py;
+            several GPUs: DataParallel).
         tta: average the probabilities over in-plane flips (4 passes per chunk).
         probabilities: also write each class's probability stack as uint8 (0-255).
         overwrite: replace existing outputs.
@@ -149,9 +150,7 @@ class PredictConfig:
                 "(0 keeps every label).")
         if self.batch is not None and int(self.batch) < 1:
             raise PredictConfigError(f"batch {self.batch} must be a positive number of chunks (or auto).")
-        if not _DEVICE_RE.match(self.device):
-            raise PredictConfigError(
-                f"device {self.device!r} is unknown: use auto, cpu, cuda, cuda:N or cuda:N,M.")
+        parse_devices(self.device, PredictConfigError)
         if self.clean is not None:
             from bone_apps.core.cleanup import CleanOptions, check_sizes
 
@@ -536,11 +535,11 @@ def load_model(path: Path) -> tuple[torch.nn.Module, dict, ModelSpec]:
 def resolve_devices(spec: str = "auto", local_rank: int | None = None) -> list[str]:
     """Torch device names for a --device value: ["cpu"], ["cuda:0"], or several for DataParallel.
 
-    Under torchrun (`local_rank` given) each process takes one GPU of its own.
+    Under torchrun (`local_rank` given) each process takes one GPU of its own. "cuda:all" names
+    every visible GPU.
     """
-    spec = spec.strip().lower()
-    if not _DEVICE_RE.match(spec):
-        raise PredictConfigError(f"device {spec!r} is unknown: use auto, cpu, cuda, cuda:N or cuda:N,M.")
+    devices = parse_devices(spec, PredictConfigError)
+    spec = devices[0]
     if spec == "cpu":
         return ["cpu"]
     from bone_apps.core.monitor import cuda_available_cheaply
@@ -560,7 +559,7 @@ def resolve_devices(spec: str = "auto", local_rank: int | None = None) -> list[s
     if spec in ("auto", "cuda"):
         ids = [0 if local_rank is None else local_rank % count]
     else:
-        ids = [int(i) for i in spec.split(":", 1)[1].split(",")]
+        ids = gpu_indices(devices, count)
         bad = [i for i in ids if i >= count]
         if bad:
             raise PredictConfigError(f"GPU {bad[0]} does not exist ({count} GPUs): use cuda:0 to "

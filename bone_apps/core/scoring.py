@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from bone_apps.core.choices import parse_choice
+from bone_apps.core.devices import ALL_GPUS, gpu_indices, parse_devices
 from bone_apps.core.errors import BoneAppsError, Cancelled, LabelError
 from bone_apps.core.jobs import run_to_end
 from bone_apps.core.labels import (
@@ -55,18 +56,31 @@ class Device(str, Enum):
 
 
 def resolve_device(device: Device | str) -> Device:
-    """AUTO -> CUDA when a usable GPU is present, else CPU; CUDA without one is an error."""
-    device = Device.parse(device) if isinstance(device, str) else device
-    if device is Device.CPU:
-        return device
+    """AUTO -> CUDA when a usable GPU is present, else CPU; a CUDA form (core/devices.py grammar:
+    cuda, cuda:N, cuda:0,1, cuda:all) without one, or naming a GPU that is not there, is an error."""
+    return _resolve(device)[0]
+
+
+def _resolve(device: Device | str) -> tuple[Device, str]:
+    """(where the counting runs, the torch device it counts on: the first GPU named)."""
+    devices = parse_devices(device.value if isinstance(device, Device) else device)
+    kind = Device.CPU if devices == ["cpu"] else Device.AUTO if devices == ["auto"] else Device.CUDA
+    if kind is Device.CPU:
+        return kind, "cpu"
     usable = cuda_available_cheaply()
     if usable:
         import torch
 
         usable = torch.cuda.is_available()
-    if device is Device.CUDA and not usable:
+    if kind is Device.CUDA and not usable:
         raise BoneAppsError("no CUDA GPU is available: choose device 'cpu' or 'auto'.")
-    return Device.CUDA if usable else Device.CPU
+    if not usable:
+        return Device.CPU, "cpu"
+    count = torch.cuda.device_count()
+    first = gpu_indices(devices, count)[0]
+    if first >= count:
+        raise BoneAppsError(f"GPU {first} does not exist ({count} GPUs): use cuda:0 to cuda:{count - 1}.")
+    return Device.CUDA, "cuda" if devices in (["auto"], ["cuda"], [ALL_GPUS]) else f"cuda:{first}"
 
 
 @dataclass(frozen=True)
@@ -121,10 +135,11 @@ class _CpuCounter:
 
 
 class _CudaCounter:
-    def __init__(self) -> None:
+    def __init__(self, gpu: str = "cuda") -> None:
         import torch
 
         self.torch = torch
+        self.gpu = gpu
 
     def __call__(self, ref: np.ndarray, pred: np.ndarray, n: int,
                  lut: np.ndarray | None = None) -> np.ndarray:
@@ -133,8 +148,8 @@ class _CudaCounter:
         torch = self.torch
         if lut is not None:
             ref, pred = lut[ref], lut[pred]
-        r = torch.from_numpy(ref.astype(np.int32, copy=False)).to("cuda", non_blocking=True)
-        p = torch.from_numpy(pred.astype(np.int32, copy=False)).to("cuda", non_blocking=True)
+        r = torch.from_numpy(ref.astype(np.int32, copy=False)).to(self.gpu, non_blocking=True)
+        p = torch.from_numpy(pred.astype(np.int32, copy=False)).to(self.gpu, non_blocking=True)
         return confusion_matrix_torch(r, p, n).cpu().numpy()
 
     def close(self) -> None:
@@ -160,7 +175,8 @@ def score_stacks(
             counts as a class of its own: labels 0..highest when all are below 64, otherwise
             only the values present (0/255 masks give two classes, labelled 0 and 255).
         ignore_background: leave label 0 out of the means.
-        device: AUTO, CPU or CUDA.
+        device: AUTO, CPU or CUDA, or any device string of core/devices.py (a GPU list or
+            cuda:all counts on the first GPU).
         stop: set it to stop between slices (raises Cancelled).
 
     Raises:
@@ -181,7 +197,8 @@ def score_stacks(
     n = declared or 1
     total = ref.shape[0]
     stop = stop or threading.Event()
-    counter = _CudaCounter() if resolve_device(device) is Device.CUDA else _CpuCounter(os.cpu_count() or 1)
+    where, gpu = _resolve(device)
+    counter = _CudaCounter(gpu) if where is Device.CUDA else _CpuCounter(os.cpu_count() or 1)
     slices: queue.Queue = queue.Queue(maxsize=_PREFETCH_SLICES)
     halt_reader = threading.Event()
     reader = threading.Thread(target=_reader, args=([(ref, pred)], slices, halt_reader),

@@ -23,6 +23,7 @@ from PySide6.QtWidgets import (
 from bone_apps.core.errors import BoneAppsError
 from bone_apps.core.fitconfig import PRECISIONS, FitConfig
 from bone_apps.core.losses import LOSSES, OPTIMIZERS, SCHEDULERS
+from bone_apps.core.models import REQUIRED_MULTIPLE_2D, REQUIRED_MULTIPLE_3D
 from bone_apps.core.normalize import NormMethod
 from bone_apps.core.sampling import AugmentConfig, Dims
 from bone_apps.core.weights import load_weights, summarize_meta
@@ -118,8 +119,9 @@ class AdvancedOptions(QWidget):
         note.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self.w["dims"] = self._combo("dims", [m.value for m in Dims])
         self.w["context"] = self._int(0, 16, d.context)
-        self.w["patch_depth"] = self._int(16, 512, d.patch_depth, step=16)
-        self.w["patch"] = self._int(32, 4096, d.patch, step=32)
+        self.w["patch_depth"] = self._int(REQUIRED_MULTIPLE_3D, 512, d.patch_depth,
+                                          step=REQUIRED_MULTIPLE_3D)
+        self.w["patch"] = self._int(REQUIRED_MULTIPLE_2D, 4096, d.patch, step=REQUIRED_MULTIPLE_2D)
         self.w["patches_per_tile"] = self._int(1, 256, d.patches_per_tile)
         self.w["max_overlap"] = self._float(0.0, 1.0, d.max_overlap, 0.05, 2)
         self.w["augment"] = self._check("Augment training patches")

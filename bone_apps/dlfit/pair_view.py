@@ -44,6 +44,10 @@ class PairView(QWidget):
         if not 0 <= row < len(rows):
             return
         scan, mask = rows[row][:2]
+        # The view lets go of the old files before they are closed: a slice of a closed
+        # memory map must never be read or painted.
+        self.view.set_labels(None)
+        self.view.set_scan(None)
         self._close()
         try:
             self.scan = open_volume(Path(scan).expanduser()) if scan else None

@@ -12,7 +12,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Generator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -143,12 +143,10 @@ def describe_meta(meta: dict) -> str:
 def make_config(scan: Path, weights: Path, out: Path, options: OptionValues,
                 overwrite: bool, is_3d: bool) -> PredictConfig:
     """The engine's config from the form (PredictConfigError when an option is out of range)."""
-    return PredictConfig(
-        scans=(scan,), weights=weights, out=out, chunk=options.chunk,
-        chunk_depth=options.chunk_depth if is_3d else None, overlap=options.overlap,
-        threshold=options.threshold, blend=options.blend, batch=options.batch or None,
-        device=options.device, tta=options.tta, probabilities=options.probabilities,
-        overwrite=overwrite)
+    shared = {f.name for f in fields(PredictConfig)}
+    values = {name: value for name, value in asdict(options).items() if name in shared}
+    values.update(chunk_depth=options.chunk_depth if is_3d else None, batch=options.batch or None)
+    return PredictConfig(scans=(scan,), weights=weights, out=out, overwrite=overwrite, **values)
 
 
 def run(config: PredictConfig, stop: threading.Event) -> Generator[PredictEvent, None, PredictReport]:

@@ -6,7 +6,7 @@ Values are remembered between sessions.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 from PySide6.QtWidgets import (
     QCheckBox,
@@ -19,12 +19,14 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from bone_apps.core.predict import PredictConfig
+from bone_apps.core.slice_validation import InferenceSettings
 from bone_apps.ui.settings import AppSettings
 
-# The paper's defaults (§2.3.2, Table 5) and the engine's.
-DEFAULT_CHUNK = 512
-DEFAULT_OVERLAP = 0.25
-DEFAULT_THRESHOLD = 0.5
+# The engine's defaults; chunk, overlap and blend are None there ("from the weights"), so the
+# form starts from the paper's (§2.3.2, Table 5), which weights that say nothing get.
+CORE_DEFAULTS = {f.name: f.default for f in fields(PredictConfig)}
+PAPER = InferenceSettings()
 
 TIPS = {
     "device": (
@@ -35,9 +37,10 @@ TIPS = {
     "chunk": (
         "The scan is cut into square chunks of this many pixels, the model segments each chunk, "
         "and the chunks are stitched back together. This does not change what the model has "
-        "learned; it only decides how much goes into memory at once. Paper default: 512 px "
-        "(rounded up to what the network needs, usually a multiple of 32). Lower it if the GPU "
-        "runs out of memory; slices smaller than a chunk are processed whole."),
+        "learned; it only decides how much goes into memory at once. "
+        f"Paper default: {PAPER.chunk} px (rounded up to what the network needs, usually a "
+        "multiple of 32). Lower it if the GPU runs out of memory; slices smaller than a chunk are "
+        "processed whole."),
     "chunk_depth": (
         "3D models only: how many slices one chunk spans. It may differ from the chunk's width "
         "and height, and is rounded up to what the network needs (16 slices for the 3D U-Net). "
@@ -45,11 +48,12 @@ TIPS = {
     "overlap": (
         "How much neighbouring chunks overlap, as a fraction of a chunk (0 to 0.9). Where chunks "
         "overlap, their class probabilities are averaged, which hides seams at chunk borders. "
-        "Default 0.25. Raise it (e.g. 0.5) if you see straight lines at chunk borders; lower it "
-        "to 0 for the fastest run."),
+        f"Default {PAPER.overlap:g}. Raise it (e.g. 0.5) if you see straight lines at chunk "
+        "borders; lower it to 0 for the fastest run."),
     "threshold": (
         "Confidence threshold: a voxel whose most likely class has a probability below this "
-        "value becomes background (label 0). Paper default 0.5. Raise it to keep only voxels the "
+        "value becomes background (label 0). "
+        f"Paper default {CORE_DEFAULTS['threshold']:g}. Raise it to keep only voxels the "
         "model is sure about; set 0 to keep the model's best guess everywhere."),
     "blend": (
         "How overlapping chunks are combined. Mean: a plain average of the probabilities, as in "
@@ -133,15 +137,17 @@ class OptionsBox(QGroupBox):
         self._load()
 
     def restore_defaults(self) -> None:
+        """Set every option to the engine's defaults, with the paper's chunk, overlap and blending."""
         self.device.setCurrentIndex(0)
-        self.chunk.setValue(DEFAULT_CHUNK)
-        self.chunk_depth.setValue(32)
-        self.overlap.setValue(DEFAULT_OVERLAP)
-        self.threshold.setValue(DEFAULT_THRESHOLD)
-        self.blend.setCurrentIndex(0)
-        self.batch.setValue(0)
-        self.tta.setChecked(False)
-        self.probabilities.setChecked(False)
+        _select(self.device, CORE_DEFAULTS["device"])
+        self.chunk.setValue(PAPER.chunk)
+        self.chunk_depth.setValue(32)  # a placeholder: a 3D model sets the depth it was fitted on
+        self.overlap.setValue(PAPER.overlap)
+        self.threshold.setValue(CORE_DEFAULTS["threshold"])
+        _select(self.blend, PAPER.blend)
+        self.batch.setValue(CORE_DEFAULTS["batch"] or 0)  # 0: automatic, the engine's None
+        self.tta.setChecked(CORE_DEFAULTS["tta"])
+        self.probabilities.setChecked(CORE_DEFAULTS["probabilities"])
 
     def set_model(self, dims: str | None, patch_depth: int = 1, multiple: int = 32) -> None:
         """Suit the chunk fields to a model: steps of its required multiple, and for 3D models

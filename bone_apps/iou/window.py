@@ -31,7 +31,8 @@ from bone_apps.core.errors import BoneAppsError
 from bone_apps.core.metrics import IoUResult
 from bone_apps.core.outputs import write_atomic
 from bone_apps.core.scoring import ScoreProgress, result_csv, score_stacks, write_result_json
-from bone_apps.core.volume import check_same_shape, open_volume
+from bone_apps.core.volume import Volume, check_same_shape, open_volume
+from bone_apps.iou.errors_tab import ErrorsTab
 from bone_apps.iou.morphometry_tab import MorphometryTab
 from bone_apps.ui.dialogs import show_error
 from bone_apps.ui.pickers import PathPicker, save_folder
@@ -52,6 +53,7 @@ class IoUWindow(QMainWindow):
         self.settings = settings or AppSettings("iou")
         self.worker: JobWorker | None = None
         self.result: IoUResult | None = None
+        self._volumes: tuple[Volume, Volume] | None = None  # the scored pair, opened
         # What the result on show was computed from: (reference, prediction, names, ignore).
         self.scored: tuple[Path, Path, str, bool] | None = None
         self.pending = self.scored  # the same, for the run in progress
@@ -141,14 +143,17 @@ class IoUWindow(QMainWindow):
         self.plot = LinePlot("Mean IoU per slice: where the prediction fails", "slice",
                              "mean IoU", y_range=(0.0, 1.0))
         self.plot.setToolTip("Each point is the mean IoU of one slice; dips show the slices to "
-                             "inspect.")
+                             "inspect. Click a point to see that slice's errors.")
+        self.plot.clicked.connect(self._show_slice)
         splitter = QSplitter(Qt.Orientation.Vertical)
         splitter.addWidget(results)
         splitter.addWidget(self.plot)
         splitter.setStretchFactor(1, 1)
         self.morphometry = MorphometryTab(self._morphometry_inputs)
+        self.errors = ErrorsTab()
         self.tabs = QTabWidget()
         self.tabs.addTab(splitter, "&Scores")
+        self.tabs.addTab(self.errors, "&Where it fails")
         self.tabs.addTab(self.morphometry, "M&orphometry")
         # Numbers of one pair are never shown for another, nor exported under its paths.
         for signal in (self.reference.changed, self.prediction.changed, self.class_names.textChanged,
@@ -190,8 +195,9 @@ class IoUWindow(QMainWindow):
             ref, pred = open_volume(reference, role="mask"), open_volume(prediction, role="mask")
             if changed_reference:
                 check_same_shape(pred, ref, what="reference", of="prediction")
-            return score_stacks(ref, pred, class_names=names,
-                                ignore_background=ignore, device=device, stop=stop)
+            result = yield from score_stacks(ref, pred, class_names=names,
+                                             ignore_background=ignore, device=device, stop=stop)
+            return result, ref, pred  # opened here, off the GUI thread, for "Where it fails"
 
         self.worker = JobWorker(job)
         self.worker.yielded.connect(self._on_progress)
@@ -228,7 +234,8 @@ class IoUWindow(QMainWindow):
 
     def _clear_result(self) -> None:
         """Empty the table, the means, the plot and the pair shown; nothing to export."""
-        self.result, self.scored = None, None
+        self.result, self.scored, self._volumes = None, None, None
+        self.errors.clear("No scores yet: Compute, then click a slice in the plot to see it here.")
         self.table.setRowCount(0)
         self.mean_label.setText("Mean IoU: —    Mean Dice: —")
         self.plot.clear()
@@ -251,6 +258,11 @@ class IoUWindow(QMainWindow):
         text = f"Scores of prediction {prediction} against reference {reference}."
         if not current:
             text += " The fields have changed since: Compute again to score and export them."
+            self.errors.clear("The fields have changed since the scores: Compute again to see "
+                              "where the prediction fails.")
+        elif not self.errors.has_pair() and self._volumes is not None and self.result is not None:
+            classes = [(c.label, c.name) for c in self.result.classes]
+            self.errors.show_pair(*self._volumes, classes)
         self.pair_label.setText(text)
         self.pair_label.setStyleSheet("" if current else STALE_STYLE)
 
@@ -268,8 +280,9 @@ class IoUWindow(QMainWindow):
         self.progress.setMaximum(max(1, progress.total))
         self.progress.setValue(progress.done)
 
-    def _on_result(self, result: IoUResult) -> None:
-        self.result, self.scored = result, self.pending
+    def _on_result(self, outcome: tuple[IoUResult, Volume, Volume]) -> None:
+        result, *volumes = outcome
+        self.result, self.scored, self._volumes = result, self.pending, tuple(volumes)
         self.table.setRowCount(len(result.classes))
         for row, c in enumerate(result.classes):
             cells = (f"{c.label}: {c.name}", _score(c.iou), _score(c.dice),
@@ -286,6 +299,12 @@ class IoUWindow(QMainWindow):
         self._update_export()
         self.statusBar().showMessage(f"Scored {result.voxels:,} voxels in "
                                      f"{len(result.slice_mean_iou)} slices.")
+
+    def _show_slice(self, x: float) -> None:
+        """Show slice x of the scored pair in "Where it fails"."""
+        if self.errors.has_pair():
+            self.errors.set_z(int(round(x)))
+            self.tabs.setCurrentWidget(self.errors)
 
     def _on_cancelled(self) -> None:
         # A method, not a lambda: PySide runs a plain callable in the emitting (worker) thread.

@@ -7,18 +7,22 @@ from __future__ import annotations
 
 import math
 
-from PySide6.QtCore import QPointF, QRectF, Qt
-from PySide6.QtGui import QColor, QPainter, QPainterPath, QPen
+from PySide6.QtCore import QPointF, QRectF, Qt, Signal
+from PySide6.QtGui import QColor, QMouseEvent, QPainter, QPainterPath, QPen
 from PySide6.QtWidgets import QSizePolicy, QWidget
 
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b")
+CLICK_TOLERANCE_PX = 12  # how far from a point's x a click still picks it
 
 
 class LinePlot(QWidget):
     """Series of (x, y) points with axes, ticks, a title and a legend.
 
     y values of None leave a gap. `y_range` fixes the y axis (e.g. (0, 1) for IoU).
+    `clicked(x)` fires with the x of the point nearest a left click, when one is close in x.
     """
+
+    clicked = Signal(float)
 
     def __init__(self, title: str = "", x_label: str = "", y_label: str = "",
                  y_range: tuple[float, float] | None = None, parent: QWidget | None = None) -> None:
@@ -77,6 +81,39 @@ class LinePlot(QWidget):
             x += step
         return ticks
 
+    def _plot_rect(self) -> QRectF:
+        """The area inside the axes, in widget coordinates."""
+        metrics = self.fontMetrics()
+        line = metrics.height()
+        plot = QRectF(metrics.horizontalAdvance("0.000") + line * 1.6, line * 1.6, 0, 0)
+        plot.setRight(self.width() - line)
+        plot.setBottom(self.height() - line * 2.6)
+        return plot
+
+    def to_screen(self, x: float, y: float) -> QPointF:
+        """Where the data point (x, y) is drawn, in widget coordinates."""
+        plot, (x0, x1, y0, y1) = self._plot_rect(), self._bounds()
+        return QPointF(plot.left() + (x - x0) / (x1 - x0) * plot.width(),
+                       plot.bottom() - (y - y0) / (y1 - y0) * plot.height())
+
+    def nearest_x(self, screen_x: float) -> float | None:
+        """The x of the point drawn nearest `screen_x`, or None when none is within reach."""
+        xs = {x for pts in self._series.values() for x, y in pts if y is not None}
+        if not xs:
+            return None
+        nearest = min(xs, key=lambda x: abs(self.to_screen(x, 0).x() - screen_x))
+        return nearest if abs(self.to_screen(nearest, 0).x() - screen_x) <= CLICK_TOLERANCE_PX \
+            else None
+
+    def mousePressEvent(self, event: QMouseEvent) -> None:  # noqa: N802 - Qt override
+        x = self.nearest_x(event.position().x()) if event.button() == Qt.MouseButton.LeftButton \
+            else None
+        if x is None:
+            super().mousePressEvent(event)
+            return
+        event.accept()
+        self.clicked.emit(x)
+
     def paintEvent(self, event) -> None:  # noqa: N802 - Qt override
         painter = QPainter(self)
         painter.setRenderHint(QPainter.RenderHint.Antialiasing)
@@ -85,17 +122,11 @@ class LinePlot(QWidget):
         text = palette.text().color()
         metrics = painter.fontMetrics()
         line = metrics.height()
-        plot = QRectF(metrics.horizontalAdvance("0.000") + line * 1.6, line * 1.6,
-                      0, 0)
-        plot.setRight(self.width() - line)
-        plot.setBottom(self.height() - line * 2.6)
+        plot = self._plot_rect()
         if plot.width() < 20 or plot.height() < 20:
             return
         x0, x1, y0, y1 = self._bounds()
-
-        def to_screen(x: float, y: float) -> QPointF:
-            return QPointF(plot.left() + (x - x0) / (x1 - x0) * plot.width(),
-                           plot.bottom() - (y - y0) / (y1 - y0) * plot.height())
+        to_screen = self.to_screen
 
         grid = QColor(text)
         grid.setAlpha(40)

@@ -47,21 +47,23 @@ def class_colour(label: int) -> QColor:
     return QColor(CLASS_COLOURS[1 + (label - 1) % (len(CLASS_COLOURS) - 1)])
 
 
-def _colour_table(size: int) -> np.ndarray:
+def _colour_table(size: int, colours: Sequence[str] | None = None) -> np.ndarray:
     table = np.zeros((size, 3), np.uint16)
     for label in range(1, size):
-        c = class_colour(label)
+        c = QColor(colours[label]) if colours and label < len(colours) else class_colour(label)
         table[label] = (c.red(), c.green(), c.blue())
     return table
 
 
-def composite(grey: np.ndarray, labels: np.ndarray | None, opacity: float) -> np.ndarray:
+def composite(grey: np.ndarray, labels: np.ndarray | None, opacity: float,
+              colours: Sequence[str] | None = None) -> np.ndarray:
     """Blend class colours over an 8-bit grey image.
 
     Args:
         grey: (Y, X) uint8.
         labels: (Y, X) integer labels or None; label 0 stays untinted.
         opacity: 0 (labels invisible) to 1 (labels opaque).
+        colours: colour names by label replacing the class colours (labels past it keep theirs).
 
     Returns:
         (Y, X, 3) uint8 RGB.
@@ -74,7 +76,7 @@ def composite(grey: np.ndarray, labels: np.ndarray | None, opacity: float) -> np
     if not mask.any():
         return rgb
     lab = labels[mask].astype(np.int64)
-    table = _colour_table(int(lab.max()) + 1)
+    table = _colour_table(int(lab.max()) + 1, colours)
     blended = (rgb[mask].astype(np.uint16) * (256 - alpha) + table[lab] * alpha) >> 8
     rgb[mask] = blended.astype(np.uint8)
     return rgb
@@ -147,6 +149,7 @@ class SliceView(QWidget):
         self.volume: Volume | None = None
         self._labels: LabelSource | None = None
         self._contrast = (0.0, 1.0)
+        self._colours: tuple[str, ...] | None = None
         self.labels_shown = False  # whether the current picture has labels in it
         self._build(show_follow)
 
@@ -275,15 +278,31 @@ class SliceView(QWidget):
         self._labels = source
         self._render()
 
-    def set_class_names(self, names: Sequence[str]) -> None:
-        """Show a legend of the class colours (label 0 is left out: it is not tinted)."""
+    def set_class_names(self, names: Sequence[str], colours: Sequence[str] | None = None,
+                        numbered: bool = True) -> None:
+        """Show a legend of the class colours (label 0 is left out: it is not tinted).
+
+        `colours` (colour names by label) replaces the class colours in the overlay and legend;
+        `numbered` puts each label's value before its name.
+        """
+        colours = tuple(colours) if colours else None
+        repaint, self._colours = colours != self._colours, colours
         items = []
         for label, name in enumerate(names):
             if label == 0:
                 continue
-            colour = class_colour(label).name()
-            items.append(f"<span style='color:{colour}'>&#9632;</span>&nbsp;{label}: {name}")
+            colour = self.label_colour(label).name()
+            text = f"{label}: {name}" if numbered else name
+            items.append(f"<span style='color:{colour}'>&#9632;</span>&nbsp;{text}")
         self.legend.setText("&nbsp;&nbsp;".join(items))
+        if repaint:
+            self._render()
+
+    def label_colour(self, label: int) -> QColor:
+        """The overlay colour of `label` in this view."""
+        if self._colours and 0 < label < len(self._colours):
+            return QColor(self._colours[label])
+        return class_colour(label)
 
     def z(self) -> int:
         return self.z_slider.value()
@@ -378,7 +397,8 @@ class SliceView(QWidget):
             self.labels_shown = True
         else:
             labels = None
-        rgb = np.ascontiguousarray(composite(grey, labels, self.opacity.value() / 100))
+        rgb = np.ascontiguousarray(composite(grey, labels, self.opacity.value() / 100,
+                                                  self._colours))
         image = QImage(rgb.data, rgb.shape[1], rgb.shape[0], rgb.shape[1] * 3,
                        QImage.Format.Format_RGB888).copy()
         fit = self.zoom.currentData() is None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import threading
 import traceback
 from collections.abc import Callable, Generator
@@ -11,6 +12,10 @@ from PySide6.QtCore import QCoreApplication, QObject, Qt, QThread, Signal
 from bone_apps.core.errors import BoneAppsError, Cancelled
 
 JobFactory = Callable[[threading.Event], Generator]
+# Workers whose thread still runs. They are kept alive here so that a window freed mid-job (a
+# window and QApplication that were locals of a user's function) cannot destroy a running
+# QThread, which aborts the process; at exit they are stopped and waited for.
+_LIVE: set[JobWorker] = set()
 
 
 class JobWorker(QObject):
@@ -39,9 +44,16 @@ class JobWorker(QObject):
         # Direct: quit from the worker thread itself, so a GUI-thread wait() (closing a window
         # mid-run) cannot block the very event that would end the thread.
         self.finished.connect(self._thread.quit, Qt.ConnectionType.DirectConnection)
+        self._thread.finished.connect(self._release)
 
     def start(self) -> None:
+        _LIVE.add(self)
         self._thread.start()
+
+    def _release(self) -> None:
+        """The thread has ended: the worker no longer needs keeping alive."""
+        self._thread.wait()
+        _LIVE.discard(self)
 
     def stop(self) -> None:
         """Ask the job to end at its next safe point."""
@@ -52,7 +64,10 @@ class JobWorker(QObject):
 
     def wait(self, msecs: int = 30000) -> bool:
         """Block until the thread has ended (for closing a window and for tests)."""
-        return self._thread.wait(msecs)
+        ended = self._thread.wait(msecs)
+        if ended:
+            _LIVE.discard(self)
+        return ended
 
     def _run(self) -> None:
         try:
@@ -82,3 +97,11 @@ class JobWorker(QObject):
             if app is not None:
                 self.moveToThread(app.thread())
             self.finished.emit()
+
+
+@atexit.register
+def _stop_live_workers() -> None:
+    """At interpreter exit, before Qt's own clean-up: stop every running job and wait for it."""
+    for worker in list(_LIVE):
+        worker.stop()
+        worker.wait()
