@@ -39,7 +39,6 @@ from bone_apps.dlfit.runner import FitRunner, read_history, run_status
 from bone_apps.dlfit.tips import EASY_RECIPE, TIPS, easy_recipe_text, plain_options
 from bone_apps.ui.dialogs import show_error
 from bone_apps.ui.pickers import OUTPUT_TITLE, PathPicker
-from bone_apps.ui.sample_data import FIT_FOLDER, SampleData
 from bone_apps.ui.settings import AppSettings
 
 ATTENTION = "Something needs your attention: see the message."
@@ -77,11 +76,6 @@ class DLFitWindow(QMainWindow):
         mode_row.addWidget(self.easy_radio)
         mode_row.addWidget(self.advanced_radio)
         mode_row.addStretch(1)
-        self.sample = SampleData(self)
-        self.sample.written.connect(self._on_sample_data)
-        self.sample.error.connect(self._error)
-        self.sample_button = self.sample.button()
-        mode_row.addWidget(self.sample_button)
         self.recipe = QLabel(EASY_RECIPE)
         self.recipe.setWordWrap(True)
         self.recipe.setToolTip(EASY_RECIPE)
@@ -173,7 +167,6 @@ class DLFitWindow(QMainWindow):
 
     def _build_menu(self) -> None:
         file_menu = self.menuBar().addMenu("&File")
-        file_menu.addAction(self.sample.action)
         for text, key, slot in (
                 ("&Load configuration…", QKeySequence.StandardKey.Open, self._load_dialog),
                 ("&Save configuration…", QKeySequence.StandardKey.Save, self._save_dialog),
@@ -418,12 +411,6 @@ class DLFitWindow(QMainWindow):
             self.restoreGeometry(QByteArray.fromBase64(geometry.encode()))
         self._update_buttons()
 
-    def _on_sample_data(self, folder: Path) -> None:
-        count = self.pairs.add_dataset_root(folder)
-        self.out.set_path(folder / FIT_FOLDER)
-        self.statusBar().showMessage(f"{count} sample pairs added from {folder}: press Start to fit "
-                                     f"a model into {folder / FIT_FOLDER}.")
-
     def _error(self, message: str) -> None:
         message = plain_options(message)
         self.last_error = message
@@ -458,7 +445,6 @@ class DLFitWindow(QMainWindow):
         self.settings.set("geometry", bytes(self.saveGeometry().toBase64()).decode())
         self.runner.stop()
         self.runner.wait()
-        self.sample.wait()
         self.pairs.stop_checks()
         self.pair_view.close_pair()
         super().closeEvent(event)

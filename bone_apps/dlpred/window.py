@@ -24,7 +24,6 @@ from PySide6.QtWidgets import (
 from bone_apps.core.errors import BoneAppsError
 from bone_apps.core.monitor import gpu_count
 from bone_apps.core.predict import PredictReport
-from bone_apps.core.runfiles import MODEL
 from bone_apps.core.slice_validation import InferenceSettings
 from bone_apps.core.stack_kind import dataset_root_problem
 from bone_apps.core.volume import Volume
@@ -36,7 +35,6 @@ from bone_apps.dlpred.preview import LiveLabels
 from bone_apps.dlpred.results import ResultsView
 from bone_apps.ui.background import join_worker
 from bone_apps.ui.dialogs import show_error
-from bone_apps.ui.sample_data import FIT_FOLDER, SampleData, sample_ids
 from bone_apps.ui.settings import AppSettings
 from bone_apps.ui.slice_view import SliceView
 from bone_apps.ui.worker import JobWorker
@@ -101,15 +99,6 @@ class DLPredWindow(QMainWindow):
 
         left = QWidget()
         left_layout = QVBoxLayout(left)
-        self.sample = SampleData(self)
-        self.sample.written.connect(self._on_sample_data)
-        self.sample.error.connect(self._error)
-        self.menuBar().addMenu("&File").addAction(self.sample.action)
-        self.sample_button = self.sample.button()
-        sample_row = QHBoxLayout()
-        sample_row.addStretch(1)
-        sample_row.addWidget(self.sample_button)
-        left_layout.addLayout(sample_row)
         left_layout.addWidget(self.inputs)
         left_layout.addWidget(self.options)
         left_layout.addLayout(run_row)
@@ -332,20 +321,6 @@ class DLPredWindow(QMainWindow):
             self.worker.deleteLater()
         self.worker = None
 
-    def _on_sample_data(self, folder: Path) -> None:
-        scan = folder / "scans" / sample_ids(folder)[-1]
-        self.scan.set_path(scan)
-        model = folder / FIT_FOLDER / MODEL
-        if model.is_file():
-            self.weights.set_path(model)
-            self.statusBar().showMessage(f"Sample scan {scan.name} and the model fitted in "
-                                         f"{model.parent} chosen: press Predict.")
-        else:
-            self.statusBar().showMessage(
-                f"Sample scan {scan.name} chosen, but {folder} holds no fitted model yet: fit one "
-                "there with DLFit's Try with sample data (same folder), or choose a weights file, "
-                "then press Predict.")
-
     def _error(self, message: str) -> None:
         message = bridge.plain_message(message)
         self.last_error = message
@@ -389,7 +364,6 @@ class DLPredWindow(QMainWindow):
             self.worker.stop()
             join_worker(self.worker)
         self.measures.join()
-        self.sample.wait()
         self.inputs.wait()
         self.live.reset()
         super().closeEvent(event)
