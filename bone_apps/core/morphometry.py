@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from bone_apps.core import outputs
-from bone_apps.core.errors import BoneAppsError, Cancelled, LabelError, OutputExistsError
+from bone_apps.core.errors import BoneAppsError, Cancelled, LabelError
 from bone_apps.core.jobs import run_to_end
 from bone_apps.core.labels import file_key, too_many_values
 from bone_apps.core.measure import cortical, euler, surface, thickness
@@ -424,15 +424,7 @@ def _slab_slices(shape: tuple[int, int, int], asked: int | None) -> int:
 
 def check_csv_target(path: str | os.PathLike, overwrite: bool) -> None:
     """An existing CSV is replaced only with overwrite, and only when its header is ours."""
-    path = Path(path)
-    if not os.path.lexists(path):
-        return
-    if not overwrite:
-        raise OutputExistsError(f"{path} already exists: choose another output or allow "
-                                "overwriting (--overwrite).")
-    if not _csv_is_ours(path):
-        raise OutputExistsError(f"{path} was not written by bone_apps, so it is not replaced: "
-                                "choose another name or move it away.")
+    outputs.check_target(path, overwrite, ours=_csv_is_ours)
 
 
 def _csv_is_ours(path: Path) -> bool:

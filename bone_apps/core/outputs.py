@@ -24,7 +24,7 @@ import shlex
 import shutil
 import socket
 import sys
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 from bone_apps import __version__
@@ -212,15 +212,23 @@ def check_replaceable(target: str | os.PathLike) -> None:
                             "choose another name or move it away.")
 
 
-def check_target(target: str | os.PathLike, overwrite: bool) -> None:
-    """An output about to be written must be new, or (overwrite) something bone_apps wrote."""
+def check_target(target: str | os.PathLike, overwrite: bool,
+                 ours: Callable[[Path], bool] | None = None) -> None:
+    """An output about to be written must be new, or (overwrite) something bone_apps wrote.
+
+    `ours` recognises a file kind that cannot carry the `written_by` tag (e.g. a CSV by its
+    header); without it the marker and tag rules of check_replaceable apply."""
     target = Path(target)
     if not os.path.lexists(target):
         return
     if not overwrite:
         raise OutputExistsError(f"{target} already exists: choose another output or allow "
                                 "overwriting (--overwrite).")
-    check_replaceable(target)
+    if ours is None:
+        check_replaceable(target)
+    elif not ours(target):
+        raise ForeignFilesError(f"{target} was not written by bone_apps, so it is not replaced: "
+                                "choose another name or move it away.")
 
 
 def check_targets(targets: Iterable[str | os.PathLike], overwrite: bool) -> None:
