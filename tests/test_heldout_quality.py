@@ -20,31 +20,34 @@ from bone_apps.core.synthetic import write_sample_dataset
 from bone_apps.core.volume import open_volume
 from bone_apps.core.weights import load_weights
 
-PATCH = 32
+PATCH = 64
+DEPTH = 32
 
 
 @pytest.fixture(scope="module")
 def fitted(tmp_path_factory):
-    """Four scans of 8x128x128: three fit (one of them validates), one is held out."""
+    """The demo's recipe: five 32x128x128 sample scans; bone_00..bone_03 fit (bone_02, a dried
+    scan like bone_04, validates) and bone_04 is held out. 64 px patches are half a slice, so
+    4x windows cover whole slices, where zero padding made cavities vanish."""
     torch.set_num_threads(2)
     root = tmp_path_factory.mktemp("heldout")
-    write_sample_dataset(root / "data", scans=4, seed=5, shape=(8, 128, 128))
+    write_sample_dataset(root / "data", scans=5, seed=1, shape=(DEPTH, 128, 128))
     pairs = []
-    for sid in ("bone_00", "bone_01", "bone_02"):
+    for sid in ("bone_00", "bone_01", "bone_02", "bone_03"):
         pairs += ["--pair", str(root / "data" / "scans" / sid), str(root / "data" / "masks" / sid)]
-    code = bone(["fit", *pairs, "--out", str(root / "run"), "--patch", str(PATCH), "--batch", "8",
-                 "--patches-per-tile", "8", "--epochs", "6", "--lr", "0.003", "--device", "cpu",
-                 "--init", "random", "--seed", "3", "--val-scans", "bone_02", "--workers", "0",
+    code = bone(["fit", *pairs, "--out", str(root / "run"), "--patch", str(PATCH), "--batch", "16",
+                 "--patches-per-tile", "4", "--epochs", "6", "--lr", "0.002", "--device", "cpu",
+                 "--init", "random", "--seed", "1", "--val-scans", "bone_02", "--workers", "0",
                  "--reproducible"])
     assert code == 0
     return root
 
 
-def _predict(root, out, *options) -> np.ndarray:
-    code = bone(["predict", str(root / "data" / "scans" / "bone_03"), "--weights",
+def _predict(root, out, *options, scan: str = "bone_04") -> np.ndarray:
+    code = bone(["predict", str(root / "data" / "scans" / scan), "--weights",
                  str(root / "run" / "model.pth"), "--out", str(out), "--device", "cpu", *options])
     assert code == 0
-    return open_volume(out, role="mask").read_slab(0, 8)
+    return open_volume(out, role="mask").read_slab(0, DEPTH)
 
 
 def _miou(reference: np.ndarray, predicted: np.ndarray) -> float:
@@ -62,9 +65,9 @@ def test_labels_do_not_depend_on_the_window_size(fitted, tmp_path):
     large = _predict(fitted, tmp_path / "large", "--chunk", str(4 * PATCH), "--overlap", "0.25",
                      "--blend", "mean")
     agreement = np.count_nonzero(small == large) / small.size
-    # Measured: 0.958 with replicate padding and per-patch intensity augmentation; the same
-    # fit with zero padding and per-batch augmentation labelled only ~0.79 of voxels alike.
-    assert agreement >= 0.93, f"patch-sized and 4x windows agree on only {agreement:.2%} of voxels"
+    # With zero padding and per-batch intensity augmentation, such windows labelled only about
+    # 0.79 of the voxels alike (the pores of new scans vanished in large windows).
+    assert agreement >= 0.99, f"patch-sized and 4x windows agree on only {agreement:.2%} of voxels"
 
 
 def test_held_out_score_matches_the_slice_level_validation(fitted, tmp_path):
@@ -73,14 +76,23 @@ def test_held_out_score_matches_the_slice_level_validation(fitted, tmp_path):
     assert meta["padding"] == "replicate"
     assert inference["agreement"] >= 0.99 and not inference["window_dependent"]
     predicted = _predict(fitted, tmp_path / "default")  # settings from the weights
-    reference = open_volume(fitted / "data" / "masks" / "bone_03", role="mask").read_slab(0, 8)
+    reference = open_volume(fitted / "data" / "masks" / "bone_04", role="mask").read_slab(0, DEPTH)
     held_out = _miou(reference, predicted)
-    # A tiny model on 16 training slices: far above chance (about 0.3) on both scans.
-    assert held_out > 0.6 and inference["val_iou"] > 0.45, (held_out, inference)
+    assert abs(held_out - inference["val_iou"]) <= 0.01, (held_out, inference)
+    assert held_out > 0.9, held_out
     summary = json.loads((fitted / "run" / "summary.json").read_text())
     assert summary["best_metrics"]["val_iou"] == pytest.approx(meta["metrics"]["val_iou"])
     assert "val_patch_iou" in summary["best_metrics"] and "val_patch_slice_gap" in summary
     assert "whole slices" in (fitted / "run" / "fit.log").read_text()
+
+
+def test_validation_scores_what_prediction_writes_for_the_validation_scan(fitted, tmp_path):
+    """The fit's slice-level validation runs prediction's own path: `bone predict` with the
+    weights' defaults labels the validation scan so that it scores what the fit reported."""
+    _, meta = load_weights(fitted / "run" / "model.pth")
+    predicted = _predict(fitted, tmp_path / "val", scan="bone_02")
+    reference = open_volume(fitted / "data" / "masks" / "bone_02", role="mask").read_slab(0, DEPTH)
+    assert _miou(reference, predicted) == pytest.approx(meta["inference"]["val_iou"], abs=1e-3)
 
 
 def test_window_dependent_weights_make_prediction_default_to_patch_windows(fitted, tmp_path):

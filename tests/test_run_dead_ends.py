@@ -165,6 +165,10 @@ def test_sizes_that_cannot_work_are_refused_before_any_work(sample_root, cache, 
     _one_line(capsys, "--patch-depth 48 is more than twice the thinnest scan (16 slices",
               "--patch-depth 32 or less")
     assert not out.exists()
+    assert main([*base, "--dims", "3d", "--arch", "BasicUNet", "--encoder", "tiny", "--patch",
+                 "16", "--patch-depth", "16", "--batch", "2"]) == 2
+    _one_line(capsys, "16x16x16 patch shrinks to a single voxel", "--patch 32")
+    assert not out.exists()
 
 
 @pytest.mark.parametrize("shape, text", [

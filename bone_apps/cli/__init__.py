@@ -17,7 +17,8 @@ from collections.abc import Sequence
 from bone_apps import __version__
 from bone_apps.core.errors import BoneAppsError
 
-COMMANDS = ("synth", "iou", "fit", "predict", "measure", "clean", "shortcuts")
+COMMANDS = ("synth", "iou", "fit", "predict", "measure", "clean", "export", "cv", "bench", "rank",
+            "shortcuts")
 
 
 def build_parser() -> argparse.ArgumentParser:

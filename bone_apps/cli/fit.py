@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
+import threading
+from collections.abc import Collection, Iterator
 from pathlib import Path
 
 # Options that describe the model or its fitting; when none is given (flag or config file),
@@ -23,8 +26,6 @@ def _names(text: str) -> list[str]:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from bone_apps.core.devices import DEVICE_FORMS
-
     parser = subparsers.add_parser(
         "fit", help="fit a segmentation model on scan/mask pairs",
         description="Fit a 2D, 2.5D or 3D segmentation model on scan/mask pairs and write "
@@ -32,13 +33,41 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "paper's BP-2D-03 recipe (U-Net, ResNet-18, 256 px, batch 64, 25 epochs), "
                     "shrunk to fit small data. Under torchrun it fits with DDP.",
         argument_default=None)
-    data = parser.add_argument_group("data")
+    add_fit_options(parser)
+    parser.set_defaults(func=run, command="fit")
+
+
+class _Group:
+    """An argument group that leaves out the options whose destination is in `leave_out`."""
+
+    def __init__(self, group: argparse._ArgumentGroup, leave_out: Collection[str]) -> None:
+        self.group = group
+        self.leave_out = leave_out
+
+    def add_argument(self, *flags: str, **kwargs) -> None:
+        dest = kwargs.get("dest") or flags[0].lstrip("-").replace("-", "_")
+        if dest not in self.leave_out:
+            self.group.add_argument(*flags, **kwargs)
+
+
+def add_fit_options(parser: argparse.ArgumentParser, leave_out: Collection[str] = ()) -> None:
+    """Add the options of `bone fit` to `parser`, in its groups, except those whose destination
+    is in `leave_out` (`bone cv` and `bone bench` take the fit options, less a few of their own).
+    Options left out read as not given in build_config."""
+    from bone_apps.core.devices import DEVICE_FORMS
+    from bone_apps.core.formats import LEVEL_HELP
+
+    def group(title: str) -> _Group:
+        return _Group(parser.add_argument_group(title), leave_out)
+
+    data = group("data")
     data.add_argument("--data", type=Path, metavar="ROOT",
                       help="dataset folder with ROOT/scans/<id> and ROOT/masks/<id>")
     data.add_argument("--pair", nargs=2, action="append", metavar=("SCAN", "MASK"),
                       help="one scan and its mask (repeat for more)")
     data.add_argument("--config", type=Path, metavar="FILE.json",
                       help="options from a JSON file (as written to OUT/config.json); flags win")
+    data.add_argument("--level", type=int, metavar="N", help=LEVEL_HELP)
     data.add_argument("--val-scans", nargs="+", metavar="ID", help="validate on these scans")
     data.add_argument("--train-fraction", type=float, metavar="F",
                       help="fraction of whole scans that fit; the rest validate (0.8)")
@@ -48,7 +77,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     data.add_argument("--cache-dir", type=Path, metavar="DIR", help="where per-scan statistics are cached")
     data.add_argument("--stats-workers", type=int, metavar="N", help="processes computing statistics")
 
-    out = parser.add_argument_group("output")
+    out = group("output")
     out.add_argument("--out", type=Path, metavar="DIR", help="output folder")
     out.add_argument("--resume", type=Path, metavar="DIR",
                      help="continue the run in DIR with its options; only --workers, "
@@ -59,7 +88,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     out.add_argument("--overwrite", action="store_true", default=False,
                      help="replace an earlier run in --out")
 
-    model = parser.add_argument_group("model")
+    model = group("model")
     model.add_argument("--easy", action="store_true", default=False,
                        help="Easy mode even when model options are given")
     model.add_argument("--list-models", action="store_true", default=False,
@@ -83,7 +112,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     model.add_argument("--init", metavar="random|imagenet|auto|FILE.pth",
                        help="initial weights (auto: ImageNet when available, else random)")
 
-    fitting = parser.add_argument_group("fitting")
+    fitting = group("fitting")
     fitting.add_argument("--loss", choices=["jaccard", "dice", "focal-tversky", "ce+jaccard"],
                          help="loss function (jaccard)")
     fitting.add_argument("--optimizer", choices=["adam", "adamw", "sgd"],
@@ -110,7 +139,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                          help="deterministic algorithms: reruns give identical weights")
     fitting.add_argument("--no-profile", dest="profile", action="store_false", default=None,
                          help="skip counting FLOPs")
-    parser.set_defaults(func=run, command="fit")
 
 
 def list_models_text() -> str:
@@ -133,7 +161,7 @@ def build_config(args: argparse.Namespace):
     if not values.get("out"):
         raise FitConfigError("no output folder: give --out DIR.")
     model_given = any(k in given or k in from_file for k in _MODEL_OPTIONS)
-    values["easy"] = bool(args.easy or values.get("easy", False) or not model_given)
+    values["easy"] = bool(getattr(args, "easy", False) or values.get("easy", False) or not model_given)
     if isinstance(values.get("init"), str) and values["init"].lower().endswith((".pth", ".pt")):
         _adopt_model_from_weights(values, given, from_file)
     return FitConfig.from_dict(values)
@@ -172,31 +200,24 @@ def _options(args: argparse.Namespace, augmentation: dict | None = None) -> tupl
     from bone_apps.core.sampling import AugmentConfig
 
     values: dict = {}
-    if args.config is not None:
+    if getattr(args, "config", None) is not None:
         values = FitConfig.load(args.config).to_dict()
     from_file = set(values)
-    flags = {
-        "data": args.data, "val_scans": args.val_scans, "train_fraction": args.train_fraction,
-        "class_names": args.class_names, "seed": args.seed, "cache_dir": args.cache_dir,
-        "stats_workers": args.stats_workers, "out": args.out, "dims": args.dims,
-        "context": args.context, "patch": args.patch, "patch_depth": args.patch_depth,
-        "patches_per_tile": args.patches_per_tile, "max_overlap": args.max_overlap,
-        "augment": args.augment, "norm": args.norm, "arch": args.arch, "encoder": args.encoder,
-        "init": args.init, "loss": args.loss, "optimizer": args.optimizer, "lr": args.lr,
-        "weight_decay": args.weight_decay, "scheduler": args.scheduler,
-        "restart_epochs": args.restart_epochs, "epochs": args.epochs, "batch": args.batch,
-        "val_slices": args.val_slices,
-        "device": args.device, "precision": args.precision, "workers": args.workers,
-        "reproducible": args.reproducible, "profile": args.profile,
-    }
+    fields = ("data", "level", "val_scans", "train_fraction", "class_names", "seed", "cache_dir",
+              "stats_workers", "out", "dims", "context", "patch", "patch_depth",
+              "patches_per_tile", "max_overlap", "augment", "norm", "arch", "encoder", "init",
+              "loss", "optimizer", "lr", "weight_decay", "scheduler", "restart_epochs", "epochs",
+              "batch", "val_slices", "device", "precision", "workers", "reproducible", "profile")
+    # Options a command left out (add_fit_options) are not given.
+    flags = {name: getattr(args, name, None) for name in fields}
     given = {k: v for k, v in flags.items() if v is not None}
     for key in ("data", "cache_dir", "out"):
         if key in given:
             given[key] = str(given[key])
-    if args.pair:
+    if getattr(args, "pair", None):
         given["pairs"] = [tuple(str(p) for p in pair) for pair in args.pair]
-    aug_changes = {field: getattr(args, flag) for flag, field in _AUG_FLAGS.items()
-                   if getattr(args, flag) is not None}
+    aug_changes = {field: getattr(args, flag, None) for flag, field in _AUG_FLAGS.items()
+                   if getattr(args, flag, None) is not None}
     if aug_changes:
         base = values.get("augmentation") or augmentation or AugmentConfig().to_dict()
         given["augmentation"] = {**base, **aug_changes}
@@ -243,9 +264,26 @@ def _install_stop_handler(stop, signum: int | None = None):
     return signal.signal(signum, handler)
 
 
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[threading.Event]:
+    """A stop event for a job that stops at safe points: the first Ctrl-C or SIGTERM sets it
+    (its `signal` attribute says which, for the exit code), a second one interrupts at once.
+    The previous handlers come back when the block ends."""
+    import signal
+
+    stop = threading.Event()
+    previous = {signum: _install_stop_handler(stop, signum)
+                for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stop
+    finally:
+        for signum, handler in previous.items():
+            if handler is not None:
+                signal.signal(signum, handler)
+
+
 def run(args: argparse.Namespace) -> int:
     import signal
-    import threading
 
     from bone_apps.core.errors import Cancelled
 
@@ -258,28 +296,23 @@ def run(args: argparse.Namespace) -> int:
     from bone_apps.core.fit import fit
 
     rank = int(os.environ.get("RANK", "0"))
-    stop = threading.Event()
-    previous = {signum: _install_stop_handler(stop, signum)
-                for signum in (signal.SIGINT, signal.SIGTERM)}
-    console = _Console(enabled=rank == 0)
-    try:
-        result = None
-        for event in fit(config, resume=resume, overwrite=args.overwrite, stop=stop):
-            result = console.show(event) or result
-    except Cancelled as exc:  # stopped during the data checks: nothing to continue
-        if not stop.is_set():
-            raise
-        from bone_apps.cli import end_worker_processes
+    console = FitConsole(enabled=rank == 0)
+    with stop_on_signals() as stop:
+        try:
+            result = None
+            for event in fit(config, resume=resume, overwrite=args.overwrite, stop=stop):
+                result = console.show(event) or result
+        except Cancelled as exc:  # stopped during the data checks: nothing to continue
+            if not stop.is_set():
+                raise
+            from bone_apps.cli import end_worker_processes
 
-        end_worker_processes()
-        if rank == 0:
-            print(f"bone fit: {exc}", file=sys.stderr)
-        return 128 + int(getattr(stop, "signal", signal.SIGINT))
-    finally:
-        console.close()
-        for signum, handler in previous.items():
-            if handler is not None:
-                signal.signal(signum, handler)
+            end_worker_processes()
+            if rank == 0:
+                print(f"bone fit: {exc}", file=sys.stderr)
+            return 128 + int(getattr(stop, "signal", signal.SIGINT))
+        finally:
+            console.close()
     if result is None:
         return 1
     if result.status == "stopped":
@@ -290,7 +323,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-class _Console:
+class FitConsole:
     """Prints the engine's records: messages, a progress bar per phase, one line per epoch."""
 
     def __init__(self, enabled: bool) -> None:

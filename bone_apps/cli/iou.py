@@ -11,13 +11,15 @@ _PROGRESS_MIN_SLICES = 8
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     from bone_apps.core.devices import DEVICE_CHOICES, DEVICE_FORMS
+    from bone_apps.core.formats import LEVEL_HELP, VOLUME_HELP
 
     parser = subparsers.add_parser(
         "iou", help="class-wise and mean IoU and Dice of a prediction against a reference",
-        description="Compare two label stacks (folders of TIFF slices or multi-page TIFFs) "
-                    "voxel by voxel and print IoU and Dice per class and their means.")
+        description="Compare two label stacks voxel by voxel and print IoU and Dice per class and "
+                    f"their means. Each is {VOLUME_HELP}; the two may differ in format.")
     parser.add_argument("reference", type=Path, help="reference (ground-truth) mask")
     parser.add_argument("prediction", type=Path, help="predicted mask")
+    parser.add_argument("--level", type=int, metavar="N", help=LEVEL_HELP)
     parser.add_argument("--class-names", type=lambda s: [n.strip() for n in s.split(",")],
                         help="comma-separated names of labels 0, 1, ... (declares the classes), "
                              "e.g. background,bone,pores")
@@ -53,6 +55,7 @@ def format_table(result) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from bone_apps.core.formats import at_level
     from bone_apps.core.jobs import run_to_end
     from bone_apps.core.outputs import check_target
     from bone_apps.core.scoring import score_stacks, write_result_json
@@ -61,8 +64,8 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         check_target(args.json, args.overwrite)  # before the work, not after
 
-    reference = open_volume(args.reference, role="mask")
-    prediction = open_volume(args.prediction, role="mask")
+    reference = open_volume(at_level(args.reference, args.level), role="mask")
+    prediction = open_volume(at_level(args.prediction, args.level), role="mask")
     for volume in (reference, prediction):
         if volume.skipped_note():
             print(f"note: {volume.skipped_note()}", file=sys.stderr)

@@ -8,10 +8,12 @@ from pathlib import Path
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    from bone_apps.core.formats import LEVEL_HELP, VOLUME_HELP
+
     parser = subparsers.add_parser(
         "measure", help="bone morphometry of a mask in mm: BV/TV, BS/BV, Tb.Th, Tb.Sp, Tb.N, Conn.D, "
                         "cortical measures",
-        description="Measure each label of a mask (folder of TIFF slices or multi-page TIFF) in "
+        description=f"Measure each label of a mask ({VOLUME_HELP}) in "
                     "physical units (Bouxsein et al. 2010): BV/TV, TV and BV; BS/BV from a "
                     "marching-cubes surface; Tb.Th and Tb.Sp by direct 3D local thickness "
                     "(Hildebrand & Rueegsegger 1997) and Tb.N = 1/(Tb.Th + Tb.Sp); Conn and Conn.D "
@@ -23,9 +25,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="label value to measure (repeat for several; default: every label but 0)")
     parser.add_argument("--voxel-size", type=float, nargs="+", metavar="UM",
                         help="voxel size in micrometres: one value (isotropic) or three (Z Y X); "
-                             "default: the one recorded in the mask's TIFF files")
+                             "default: the one recorded in the mask's files")
     parser.add_argument("--roi", type=Path, metavar="MASK2",
                         help="region to measure: a mask of the same shape, non-zero inside (TV)")
+    parser.add_argument("--level", type=int, metavar="N", help=LEVEL_HELP)
     parser.add_argument("--class-names", type=lambda s: [n.strip() for n in s.split(",")],
                         help="comma-separated names of labels 0, 1, ..., e.g. background,bone,pores; "
                              "a label named 'cortical' also gets the cortical measures")
@@ -58,6 +61,7 @@ def _voxel_size(values: list[float] | None) -> tuple[float, float, float] | None
 
 
 def run(args: argparse.Namespace) -> int:
+    from bone_apps.core.formats import at_level
     from bone_apps.core.jobs import run_to_end
     from bone_apps.core.morphometry import (
         MeasureOptions,
@@ -73,9 +77,10 @@ def run(args: argparse.Namespace) -> int:
         check_csv_target(args.csv, args.overwrite)
     options = MeasureOptions(
         labels=tuple(args.label or ()), class_names=tuple(args.class_names or ()),
-        voxel_size_um=_voxel_size(args.voxel_size), roi=args.roi,
+        voxel_size_um=_voxel_size(args.voxel_size),
+        roi=None if args.roi is None else at_level(args.roi, args.level),
         cortical=tuple(args.cortical or ()), slab_slices=args.slab)
-    job = measure_stacks(args.mask, options, maps=args.maps, overwrite=args.overwrite)
+    job = measure_stacks(at_level(args.mask, args.level), options, maps=args.maps, overwrite=args.overwrite)
     bar = None
 
     def show(progress) -> None:

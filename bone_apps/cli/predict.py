@@ -23,6 +23,7 @@ def _batch(text: str) -> int | None:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     from bone_apps.core.devices import DEVICE_FORMS
+    from bone_apps.core.formats import LEVEL_HELP, VOLUME_HELP, VolumeFormat
     from bone_apps.core.predict import PredictConfig
     from bone_apps.core.slice_validation import InferenceSettings
     from bone_apps.core.windows import BlendMode
@@ -40,14 +41,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "they are finished, so memory does not grow with the number of slices. "
                     "Everything about the model comes from the weights file.")
     parser.add_argument("scans", type=Path, nargs="*", metavar="SCAN",
-                        help="scan folders of TIFF slices or multi-page TIFF files")
+                        help=f"scans, each {VOLUME_HELP}")
     parser.add_argument("--data", type=Path, metavar="ROOT",
                         help="predict every scan in ROOT/scans (instead of naming scans)")
     parser.add_argument("--weights", type=Path, required=True, metavar="MODEL.pth",
-                        help="weights file written by bone fit")
+                        help="weights file written by bone fit (.pth), or an .onnx written by bone "
+                             "export (run with onnxruntime)")
     parser.add_argument("--out", type=Path, required=True, metavar="OUT",
-                        help="one scan: its label stack (a folder, or a .tif for a multi-page scan); "
-                             "several: a folder receiving OUT/<id>")
+                        help="one scan: its label stack, of the scan's kind unless the name says another "
+                             "(a folder, .tif, .ome.zarr, .nii.gz, .h5; SCAN.ome.zarr/labels/NAME joins the "
+                             "scan's OME-Zarr labels group); several: a folder receiving OUT/<id>")
+    parser.add_argument("--format", dest="out_format", choices=[f.value for f in VolumeFormat],
+                        default=default["out_format"],
+                        help="format of the label stacks and probability maps (default: each scan's "
+                             "own): tiff (a folder of slices, or OUT.tif), zarr (OME-Zarr with a "
+                             "multiscale pyramid), nifti, hdf5")
+    parser.add_argument("--level", type=int, metavar="N", help=LEVEL_HELP)
     parser.add_argument("--chunk", type=int, default=default["chunk"], metavar="N",
                         help="chunk edge in pixels (default: what the fit validated, from the weights; "
                              f"{paper.chunk} for older weights; shrunk to small slices)")
@@ -134,6 +143,7 @@ class _Progress:
 def run(args: argparse.Namespace) -> int:
     from bone_apps.core.cleanup import CleanOptions
     from bone_apps.core.errors import PredictConfigError
+    from bone_apps.core.formats import at_level
     from bone_apps.core.jobs import run_to_end
     from bone_apps.core.normalize import default_cache_dir
     from bone_apps.core.predict import PredictConfig, predict, scans_in
@@ -143,13 +153,15 @@ def run(args: argparse.Namespace) -> int:
     scans = scans_in(args.data) if args.data is not None else args.scans
     if not scans:
         raise PredictConfigError("no scan was given: name scan folders or TIFF files, or give --data ROOT.")
+    scans = [at_level(scan, args.level) for scan in scans]
     config = PredictConfig(
         scans=tuple(scans), weights=args.weights, out=args.out, chunk=args.chunk,
         chunk_depth=args.chunk_depth, overlap=args.overlap, threshold=args.threshold, blend=args.blend,
         batch=args.batch, device=args.device, tta=args.tta, probabilities=args.probabilities,
         overwrite=args.overwrite, report=args.report, stats_cache=default_cache_dir(),
         clean=CleanOptions(largest=tuple(args.clean_largest or ()), min_island=args.clean_min_island,
-                           fill_holes=args.clean_fill_holes))
+                           fill_holes=args.clean_fill_holes),
+        out_format=args.out_format)
     rank = int(os.environ.get("RANK", "0") or 0)
     # The report is checked with the other outputs before any work, and written by rank 0.
     progress = _Progress(enabled=rank == 0)

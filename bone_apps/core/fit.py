@@ -55,7 +55,7 @@ from bone_apps.core.models import (
 )
 from bone_apps.core.monitor import ResourceMonitor
 from bone_apps.core.normalize import NormMethod, default_cache_dir
-from bone_apps.core.pairs import DataSummary, check_pairs, pairs_from_paths, pairs_from_root
+from bone_apps.core.pairs import DataSummary, check_pairs, pairs_from_paths, pairs_from_root, with_level
 from bone_apps.core.sampling import (
     Dims,
     PatchBatches,
@@ -443,6 +443,7 @@ class _FitRun:
                 if cfg.data:
                     pairs += pairs_from_root(Path(cfg.data), self.notes)  # said after the checks
                 pairs += pairs_from_paths(cfg.pairs)
+                pairs = with_level(pairs, cfg.level)
                 cache = Path(cfg.cache_dir).expanduser() if cfg.cache_dir else default_cache_dir()
                 box["summary"] = check_pairs(
                     pairs, cfg.class_names or None, cfg.stats_workers, cache,
@@ -589,6 +590,11 @@ class _FitRun:
             lower = max(depth_multiple, cfg.patch_depth // depth_multiple * depth_multiple)
             raise FitConfigError(f"patch depth {cfg.patch_depth} is not a multiple of {depth_multiple}, "
                                  f"which the 3D network needs: use {lower} or {lower + depth_multiple}.")
+        if dims is Dims.D3 and cfg.patch == cfg.patch_depth == depth_multiple:
+            # After four poolings a 16x16x16 patch is one voxel, which instance norm cannot fit.
+            raise FitConfigError(f"a {cfg.patch}x{cfg.patch}x{cfg.patch_depth} patch shrinks to a single "
+                                 f"voxel inside the 3D network: use --patch {2 * depth_multiple} or "
+                                 f"--patch-depth {2 * depth_multiple}.")
 
     def _build_model(self, cfg: FitConfig, summary: DataSummary, checkpoint: dict | None):
         import torch

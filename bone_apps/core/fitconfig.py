@@ -35,7 +35,8 @@ class FitConfig:
 
     Data: `data` (ROOT with scans/<id> and masks/<id>) and/or `pairs` ((scan, mask) paths);
     `val_scans` names validation scans explicitly, otherwise `train_fraction` of the whole
-    scans (shuffled with `seed`) fit and the rest validate.
+    scans (shuffled with `seed`) fit and the rest validate. `level`: read OME-Zarr scans and
+    masks at this resolution level (formats.at_level; None: as given).
     Patches: `dims` 2d / 2.5d (`context` slices on each side) / 3d (`patch_depth` slices);
     `patch` px squares, `patches_per_tile` per tile with pairwise overlap <= `max_overlap`.
     Model: smp `arch` and `encoder` (3D: "BasicUNet" with width "tiny" / "small" / "base");
@@ -57,6 +58,7 @@ class FitConfig:
     out: str
     data: str | None = None
     pairs: tuple[tuple[str, str], ...] = ()
+    level: int | None = None
     val_scans: tuple[str, ...] = ()
     train_fraction: float = 0.8
     seed: int = 42

@@ -193,10 +193,15 @@ def set_border_padding(model: torch.nn.Module, padding: str) -> torch.nn.Module:
 
     if padding not in ("zeros", "replicate"):
         raise BoneAppsError(f"convolution padding {padding!r} is unknown: use zeros or replicate.")
+    from torch.nn.modules.utils import _reverse_repeat_tuple
+
     for module in model.modules():
-        if isinstance(module, (torch.nn.Conv2d, torch.nn.Conv3d)) and any(
-                p > 0 for p in module._reversed_padding_repeated_twice):
-            module.padding_mode = padding
+        if isinstance(module, (torch.nn.Conv2d, torch.nn.Conv3d)) and not isinstance(module.padding, str):
+            # smp sets dilated encoders' padding after construction (DeepLabV3, DeepLabV3+, PAN):
+            # refresh the cached padding that non-zero padding modes use.
+            module._reversed_padding_repeated_twice = _reverse_repeat_tuple(module.padding, 2)
+            if any(p > 0 for p in module.padding):
+                module.padding_mode = padding
     return model
 
 

@@ -25,7 +25,7 @@ import numpy as np
 from bone_apps.core.choices import parse_choice
 from bone_apps.core.errors import BoneAppsError
 from bone_apps.core.outputs import atomic_target
-from bone_apps.core.volume import Volume, list_tiff_files, open_volume
+from bone_apps.core.volume import Volume, open_volume, source_files
 
 # Robust min-max uses these percentiles by default: a handful of hot pixels, metal or
 # ring artefacts must not squeeze the tissue into a sliver of [0, 1].
@@ -214,12 +214,8 @@ def default_cache_dir() -> Path:
 
 def _fingerprint(path: Path) -> dict:
     """What identifies a scan's contents cheaply: resolved path, total bytes, newest mtime."""
+    stats = [f.stat() for f in source_files(path)]
     path = path.expanduser().resolve()
-    if path.is_dir():
-        files, _ = list_tiff_files(path)
-        stats = [f.stat() for f in files]
-    else:
-        stats = [path.stat()]
     return {"path": str(path), "size": sum(s.st_size for s in stats),
             "mtime_ns": max((s.st_mtime_ns for s in stats), default=0), "files": len(stats)}
 

@@ -171,6 +171,13 @@ def json_is_ours(path: str | os.PathLike) -> bool:
     return isinstance(data, dict) and is_written_by_us(data.get("written_by"))
 
 
+def _volume_file_is_ours(path: Path) -> bool:
+    """A NIfTI or HDF5 file carrying our written_by tag (formats/ reads it)."""
+    from bone_apps.core.formats import HDF5, NIFTI, file_is_ours, form_of_name
+
+    return form_of_name(path) in (NIFTI, HDF5) and file_is_ours(path)
+
+
 def foreign_entries(target: str | os.PathLike) -> list[str]:
     """Names at `target` that bone_apps did not write (none: it may be replaced).
 
@@ -183,7 +190,8 @@ def foreign_entries(target: str | os.PathLike) -> list[str]:
     if target.is_symlink() or not target.is_dir():
         ours = (not target.is_symlink()
                 and ((target.suffix.lower() in TIFF_SUFFIXES and tiff_is_ours(target))
-                     or (target.suffix.lower() == ".json" and json_is_ours(target))))
+                     or (target.suffix.lower() == ".json" and json_is_ours(target))
+                     or _volume_file_is_ours(target)))
         return [] if ours else [target.name]
     names = sorted(os.listdir(target))
     marker = read_marker(target)

@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 
 from bone_apps.core.errors import DataCheckError, LabelError, VolumeError
+from bone_apps.core.formats import at_level, is_ours
 from bone_apps.core.labels import MAX_LABEL_VALUES, LabelMap, label_map_for, too_many_values
 from bone_apps.core.normalize import ScanStats, run_volume_tasks, stats_task
-from bone_apps.core.outputs import read_marker, tiff_is_ours
-from bone_apps.core.volume import TIFF_SUFFIXES, natural_key, open_volume, volume_id
+from bone_apps.core.volume import open_volume, volume_id, volumes_in
 
 DEFAULT_CLASS_NAMES = ("background", "bone", "pores")
 
@@ -95,22 +95,18 @@ def is_prediction_output(path: Path) -> bool:
     ident = volume_id(path)
     if not (ident.endswith("_labels") or "_labels_prob_" in ident):
         return False
-    return read_marker(path) is not None if path.is_dir() else tiff_is_ours(path)
+    return is_ours(path)
 
 
 def _entries(folder: Path, skipped: list[Path] | None = None) -> dict[str, Path]:
-    """Volumes in a folder: sub-folders and TIFF files, by id; prediction outputs go to `skipped`."""
+    """Volumes in a folder (volumes_in), by id; prediction outputs go to `skipped`."""
     found = {}
-    for entry in sorted(os.scandir(folder), key=lambda e: natural_key(e.name)):
-        if entry.name.startswith("."):
+    for path in volumes_in(folder):
+        if is_prediction_output(path):
+            if skipped is not None:
+                skipped.append(path)
             continue
-        path = Path(entry.path)
-        if entry.is_dir() or path.suffix.lower() in TIFF_SUFFIXES:
-            if is_prediction_output(path):
-                if skipped is not None:
-                    skipped.append(path)
-                continue
-            found[volume_id(path)] = path
+        found[volume_id(path)] = path
     return found
 
 
@@ -123,7 +119,8 @@ def skipped_note(skipped: Sequence[Path]) -> str:
 
 
 def pairs_from_root(root: Path, notes: list[str] | None = None) -> list[ScanPair]:
-    """Pairs ROOT/scans/<id> + ROOT/masks/<id> (folders or TIFF files) matched by name.
+    """Pairs ROOT/scans/<id> + ROOT/masks/<id> matched by name (volumes_in: TIFF folders or
+    files, OME-Zarr, NIfTI, HDF5 files holding one dataset; the formats may differ).
 
     Label and probability stacks that a prediction wrote into scans/ or masks/ (see
     is_prediction_output) are left out; when `notes` is given, a note naming them is added.
@@ -150,7 +147,7 @@ def pairs_from_root(root: Path, notes: list[str] | None = None) -> list[ScanPair
         raise DataCheckError(_problem_text(problems))
     if not scans:
         raise DataCheckError(f"{scans_dir} holds no scans: add one folder of TIFF slices (or one "
-                             "TIFF file) per scan.")
+                             "TIFF, OME-Zarr, NIfTI or HDF5 file) per scan.")
     return [ScanPair(i, scans[i], masks[i]) for i in scans]
 
 
@@ -164,6 +161,18 @@ def pairs_from_paths(pairs: Sequence[tuple[str | os.PathLike, str | os.PathLike]
         ident = base if seen[base] == 1 else f"{base}_{seen[base]}"
         result.append(ScanPair(ident, scan, mask))
     return result
+
+
+def with_level(pairs: Sequence[ScanPair], level: int | None) -> list[ScanPair]:
+    """The pairs with scans and masks read at OME-Zarr resolution level `level` (formats.at_level;
+    None: as given). Ids stay the same.
+
+    Raises:
+        VolumeError: a level above 0 of a volume without levels, or beyond the last.
+    """
+    if level is None:
+        return list(pairs)
+    return [ScanPair(p.id, at_level(p.scan, level), at_level(p.mask, level)) for p in pairs]
 
 
 def _problem_text(problems: list[str]) -> str:

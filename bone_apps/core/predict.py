@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from bone_apps.core import formats
 from bone_apps.core.devices import gpu_indices, parse_devices
 from bone_apps.core.errors import (
     BoneAppsError,
@@ -38,10 +39,11 @@ from bone_apps.core.errors import (
     VolumeError,
     WeightsError,
 )
+from bone_apps.core.formats import VolumeFormat
 from bone_apps.core.jobs import run_to_end
 from bone_apps.core.labels import LabelMap, check_class_names
-from bone_apps.core.outputs import check_targets, make_dirs, write_json_file
-from bone_apps.core.volume import TIFF_SUFFIXES, Volume, natural_key, open_volume, volume_id
+from bone_apps.core.outputs import check_target, make_dirs, write_json_file
+from bone_apps.core.volume import Volume, open_volume, volume_id, volumes_in
 from bone_apps.core.windows import (
     AxisPlan,
     BlendMode,
@@ -77,11 +79,15 @@ class PredictConfig:
     """Everything one prediction run needs.
 
     Attributes:
-        scans: scan folders of TIFF slices or multi-page TIFF files.
-        weights: a .pth weights file written by fitting (its metadata says everything about
-            the model: dims, architecture, encoder, channels, classes, normalization).
-        out: for one scan, its label stack (a folder for a folder scan, a .tif file for a
-            multi-page scan); for several, a folder receiving OUT/<id>/ (or OUT/<id>.tif).
+        scans: scans in any format open_volume reads (TIFF folders or files, OME-Zarr images
+            or levels, NIfTI files, HDF5 datasets `file.h5:/path`).
+        weights: a .pth weights file written by fitting, or an .onnx written by bone export
+            (its metadata says everything about the model: dims, architecture, encoder,
+            channels, classes, normalization).
+        out: for one scan, its label stack, in the scan's kind unless its name says another
+            (a folder for a folder scan, .tif, .ome.zarr, .nii/.nii.gz, .h5;
+            SCAN.ome.zarr/labels/NAME joins an OME-Zarr scan's labels group); for several, a
+            folder receiving OUT/<id> with each scan's suffix (see plan_outputs).
         chunk: chunk edge in pixels (rounded up to the network's required multiple; shrunk to
             the slice when larger). None, and None for `overlap` and `blend`: the settings
             the fit validated the model with, from the weights (the paper's 512 px, 0.25 and
@@ -103,6 +109,8 @@ class PredictConfig:
             as written in the output (the values `bone clean` takes); None, or options that
             choose nothing: off. The scan's labels are then held and cleaned in memory (about
             14 bytes per voxel) and written once, cleaned.
+        out_format: the outputs' format (formats.VolumeFormat: tiff, zarr, nifti, hdf5);
+            None: each scan's own, or what OUT's name says.
     """
 
     scans: tuple[Path, ...]
@@ -122,6 +130,7 @@ class PredictConfig:
     stats_cache: Path | None = None
     stats_workers: int | None = None
     clean: CleanOptions | None = None
+    out_format: VolumeFormat | None = None
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -137,6 +146,8 @@ class PredictConfig:
             set_(self, "blend", BlendMode.parse(self.blend))
         if self.overlap is not None:
             set_(self, "overlap", check_overlap(self.overlap))
+        if self.out_format is not None:
+            set_(self, "out_format", VolumeFormat.parse(self.out_format, PredictConfigError))
         set_(self, "device", str(self.device).strip().lower().replace(" ", ""))
         if not self.scans:
             raise PredictConfigError("no scan was given: name at least one scan folder or TIFF file.")
@@ -164,22 +175,23 @@ class PredictConfig:
         data = asdict(self)
         data["scans"] = [str(s) for s in self.scans]
         data["blend"] = None if self.blend is None else self.blend.value
+        data["out_format"] = None if self.out_format is None else self.out_format.value
         for key in ("weights", "out", "report", "stats_cache"):
             data[key] = None if data[key] is None else str(data[key])
         return data
 
 
 def scans_in(root: str | os.PathLike) -> list[Path]:
-    """Every scan of a dataset folder: the folders and TIFF files in ROOT/scans, in natural order."""
+    """Every scan of a dataset folder, in natural order: the volumes in ROOT/scans (folders of
+    TIFF slices, OME-Zarr stores, TIFF, NIfTI and HDF5 files; volume.volumes_in)."""
     folder = Path(root).expanduser() / "scans"
     if not folder.is_dir():
         raise VolumeError(f"{folder} does not exist: choose a dataset folder that holds a scans/ folder.")
-    scans = [p for p in folder.iterdir() if not p.name.startswith(".")
-             and (p.is_dir() or p.suffix.lower() in TIFF_SUFFIXES)]
+    scans = volumes_in(folder)
     if not scans:
-        raise VolumeError(f"{folder} holds no scans: put one folder of TIFF slices (or one TIFF) "
-                          "per scan there.")
-    return sorted(scans, key=lambda p: natural_key(p.name))
+        raise VolumeError(f"{folder} holds no scans: put one folder of TIFF slices (or one TIFF, "
+                          "OME-Zarr, NIfTI or HDF5 file) per scan there.")
+    return scans
 
 
 scan_id = volume_id  # the name a scan's outputs get
@@ -509,10 +521,19 @@ def _label_values(meta: dict) -> tuple[int, ...] | None:
 
 
 def load_model(path: Path) -> tuple[torch.nn.Module, dict, ModelSpec]:
-    """Rebuild the network a weights file describes (never downloading) and load its parameters."""
+    """Rebuild the network a weights file describes (never downloading) and load its parameters.
+
+    An .onnx file written by `bone export` gives a module that runs the network in onnxruntime
+    (core/export/runtime.py), with the metadata the file carries.
+    """
     from bone_apps.core.models import model_from_meta
     from bone_apps.core.weights import load_weights
 
+    if Path(path).suffix.lower() == ".onnx":
+        from bone_apps.core.export.runtime import load_onnx_model
+
+        network, meta = load_onnx_model(path)
+        return network.eval(), meta, ModelSpec.from_meta(meta, path)
     state, meta = load_weights(path)
     spec = ModelSpec.from_meta(meta, path)
     try:
@@ -963,67 +984,142 @@ class ScanJob:
 
 
 def probability_target(labels: Path, class_name: str) -> Path:
-    """Where a class's probability stack goes: next to the labels, named after the class."""
+    """Where a class's probability stack goes: next to the labels, named after the class, in
+    the labels' format ("x.ome.zarr" -> "x_prob_bone.ome.zarr")."""
     tag = f"_prob_{_safe_name(class_name)}"
-    if labels.suffix.lower() in TIFF_SUFFIXES:
-        return labels.with_name(f"{labels.stem}{tag}{labels.suffix}")
-    return labels.with_name(labels.name + tag)
+    stem = formats.strip_suffix(labels.name)
+    return labels.with_name(stem + tag + labels.name[len(stem):])
+
+
+# How messages name what a --format or an output name asks for.
+_NAMED = {formats.TIFF_FILE: "a TIFF file", formats.ZARR: "an OME-Zarr image",
+          formats.NIFTI: "a NIfTI file", formats.HDF5: "an HDF5 file"}
+
+
+def _form_of(volume: Volume) -> str:
+    """The output form of a scan's own kind (formats.FOLDER, TIFF_FILE, ZARR, NIFTI, HDF5)."""
+    if volume.kind == "tiff":
+        return formats.FOLDER if volume.is_folder else formats.TIFF_FILE
+    return {"zarr": formats.ZARR, "nifti": formats.NIFTI, "hdf5": formats.HDF5}[volume.kind]
+
+
+def _form_for(chosen: VolumeFormat | None, own: str) -> str:
+    """The form a scan's outputs take: its own, or the one --format chooses (TIFF: a folder
+    for a folder or Zarr scan, one multi-page file for a file)."""
+    if chosen is None:
+        return own
+    if chosen is VolumeFormat.TIFF:
+        return formats.FOLDER if own in (formats.FOLDER, formats.ZARR) else formats.TIFF_FILE
+    return formats.FORM_OF_FORMAT[chosen]
+
+
+def _suffix(form: str, scan: Path) -> str:
+    """The suffix of an output of `form` (a NIfTI scan's own .nii or .nii.gz is kept)."""
+    if form == formats.NIFTI and scan.name.lower().endswith(".nii"):
+        return ".nii"
+    return formats.FORM_SUFFIX[form]
+
+
+def _check_single_out(scan: Path, own: str, out: Path, chosen: VolumeFormat | None) -> None:
+    """OUT of a single scan must name a form the scan's labels can take (see plan_outputs)."""
+    named = formats.form_of_name(out)
+    if chosen is not None:
+        wanted = _form_for(chosen, own)
+        if chosen is VolumeFormat.TIFF:
+            ok = named in (None, formats.TIFF_FILE)
+        else:
+            ok = named == wanted or (named is None and formats.labels_group_image(out) is not None
+                                     and wanted == formats.ZARR)
+        if not ok and named is None:
+            words, suffix = formats.FORM_WORDS[wanted], formats.FORM_SUFFIX[wanted]
+            raise PredictConfigError(f"--format {chosen.value} writes {words}: give --out a name ending "
+                                     f"in {suffix} instead of {out}.")
+        if not ok:
+            raise PredictConfigError(f"--format {chosen.value} does not match {out}, which names "
+                                     f"{_NAMED[named]}: change one of them.")
+        return
+    if named is None and formats.labels_group_image(out) is not None:
+        return  # IMAGE.ome.zarr/labels/NAME: a labels group member (checked in _check_output_places)
+    if named is None and own == formats.TIFF_FILE:
+        raise PredictConfigError(f"{scan} is one multi-page TIFF, so its labels are written as one "
+                                 f"too: give --out a file name ending in .tif instead of {out}.")
+    if named is None and own != formats.FOLDER:
+        raise PredictConfigError(f"{scan} is {formats.FORM_WORDS[own]}, so its labels are written as one "
+                                 f"too: give --out a name ending in {_suffix(own, scan)} instead of {out} "
+                                 "(or choose another format with --format).")
+    if named == formats.TIFF_FILE and own == formats.FOLDER:
+        raise PredictConfigError(f"{scan} is a folder of slices, so its labels are written as a "
+                                 f"folder too: give --out a folder name instead of {out}.")
 
 
 def plan_outputs(config: PredictConfig, class_names: Sequence[str]) -> list[ScanJob]:
     """Output paths of every scan: OUT itself for one scan, OUT/<id> for several.
 
-    A folder scan gives a folder of slices, a multi-page scan one multi-page file.
+    Outputs take their scan's kind: a folder scan gives a folder of slices, a multi-page scan
+    one multi-page file, an OME-Zarr scan an OME-Zarr image (<id>.ome.zarr), a NIfTI scan a
+    NIfTI file, an HDF5 scan an HDF5 file (<id>.h5, dataset /data). config.out_format
+    chooses another kind for every scan; for one scan, OUT's suffix may choose too
+    (.ome.zarr, .nii.gz, .h5, or .tif for a scan that is not a TIFF folder). An OME-Zarr
+    scan's labels may join its own labels group: OUT = SCAN.ome.zarr/labels/NAME.
 
     Raises:
         VolumeError: a scan cannot be opened.
-        PredictConfigError: OUT's form does not match the scan, two scans share an id, or an
-            output (labels, probabilities, report) would replace a scan or the weights or
-            lie inside a scan folder.
+        PredictConfigError: OUT's form does not match the scan or the format, two scans share
+            an id, or an output (labels, probabilities, report) would replace a scan or the
+            weights or lie inside a scan folder or store (but for its labels group).
         OutputExistsError: an output exists and overwriting was not asked for, or (with
             overwrite) bone_apps did not write it (ForeignFilesError).
     """
     jobs = []
     out = config.out
     several = len(config.scans) > 1
-    if several and out.suffix.lower() in TIFF_SUFFIXES:
-        raise PredictConfigError(f"{out} names a TIFF file but {len(config.scans)} scans were given: "
+    named = formats.form_of_name(out)
+    file, dataset = formats.split_hdf5(out)
+    if dataset is not None:
+        raise PredictConfigError(f"{out} names a dataset: give --out the HDF5 file alone ({file}); the "
+                                 f"labels go to its {formats.DEFAULT_HDF5_DATASET} dataset.")
+    if several and named is not None:
+        raise PredictConfigError(f"{out} names {_NAMED[named]} but {len(config.scans)} scans were given: "
                                  "give --out a folder, which receives one label stack per scan.")
     seen: dict[str, Path] = {}
     for i, scan in enumerate(config.scans):
         with open_volume(scan) as volume:  # headers only: an unreadable scan fails before any work
-            multipage = not volume.is_folder
+            own = _form_of(volume)
         sid = scan_id(scan)
         if several:
             if sid in seen:
                 raise PredictConfigError(f"{seen[sid]} and {scan} would both be written as {sid}: "
                                          "rename one of them or predict them separately.")
             seen[sid] = scan
-            target = out / (f"{sid}.tif" if multipage else sid)
+            form = _form_for(config.out_format, own)
+            target = out / (sid + _suffix(form, scan))
         else:
             target = out
-            is_tiff = out.suffix.lower() in TIFF_SUFFIXES
-            if multipage and not is_tiff:
-                raise PredictConfigError(f"{scan} is one multi-page TIFF, so its labels are written as one "
-                                         f"too: give --out a file name ending in .tif instead of {out}.")
-            if not multipage and is_tiff:
-                raise PredictConfigError(f"{scan} is a folder of slices, so its labels are written as a "
-                                         f"folder too: give --out a folder name instead of {out}.")
+            _check_single_out(scan, own, out, config.out_format)
+        if config.probabilities and formats.labels_group_image(target) is not None:
+            raise PredictConfigError(f"{target} joins the labels group of an OME-Zarr image, which holds "
+                                     "labels, not probability maps: give --out its own name (e.g. "
+                                     f"{sid}_labels.ome.zarr) to write probabilities.")
         probs = tuple(probability_target(target, n) for n in class_names) if config.probabilities else ()
         jobs.append(ScanJob(i, scan, target, probs))
     targets = [] if config.report is None else [config.report]
     targets += [path for job in jobs for path in (job.labels, *job.probabilities)]
     _check_output_places(targets, config)
     # Before the statistics and the model: a refusal costs nothing and touches nothing.
-    check_targets(targets, config.overwrite)
+    for target in targets:
+        # Files of these formats carry their proof of ownership in their own place.
+        ours = formats.file_is_ours if formats.form_of_name(target) in (formats.NIFTI, formats.HDF5) else None
+        check_target(target, config.overwrite, ours)
     return jobs
 
 
 def _check_output_places(targets: Sequence[Path], config: PredictConfig) -> None:
-    """An output may not be a scan or the weights, nor lie inside a scan folder or a file, nor
-    overlap another output (a report inside the label folder would make it no longer ours)."""
-    inputs = {path.resolve(): path for path in (*config.scans, config.weights)}
-    folders = [scan.resolve() for scan in config.scans if scan.is_dir()]
+    """An output may not be a scan or the weights, nor lie inside a scan folder, store or file
+    (but for a labels group member of the scan's own OME-Zarr image), nor overlap another output
+    (a report inside the label folder would make it no longer ours)."""
+    scans = [formats.location(scan) for scan in config.scans]  # HDF5 files, Zarr stores, ...
+    inputs = {path.resolve(): path for path in (*scans, config.weights)}
+    folders = [scan.resolve() for scan in scans if scan.is_dir()]
     planned: dict[Path, Path] = {}  # where each output goes -> the output as named
     above_planned: dict[Path, Path] = {}  # every folder above a planned output -> that output
     for target in targets:
@@ -1047,7 +1143,8 @@ def _check_output_places(targets: Sequence[Path], config: PredictConfig) -> None
             what = "weights file" if inputs[where] == config.weights else "scan"
             raise PredictConfigError(f"{target} is the {what} itself: choose another output.")
         inside = next((folder for folder in folders if folder in where.parents), None)
-        if inside is not None:
+        image = formats.labels_group_image(target)
+        if inside is not None and not (image is not None and image.resolve() == inside):
             raise PredictConfigError(f"{target} is inside the scan folder {inside}: choose an output "
                                      "outside it, so that the scan's slices stay on their own.")
 

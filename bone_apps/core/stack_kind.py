@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bone_apps.core.formats import location
 from bone_apps.core.labels import MAX_LABEL_VALUES, value_preview
 from bone_apps.core.volume import Volume
 
@@ -20,7 +21,8 @@ MASK_FOLDERS = ("masks",)
 
 
 def is_dataset_root(path: str | os.PathLike) -> bool:
-    """Whether `path` is a dataset folder laid out as ROOT/scans/<id> and ROOT/masks/<id>."""
+    """Whether `path` is a dataset folder laid out as ROOT/scans/<id> and ROOT/masks/<id> (any
+    volume format: pairs.volumes_in lists what they hold)."""
     path = Path(path).expanduser()
     return (path / "scans").is_dir() and (path / "masks").is_dir()
 
@@ -59,7 +61,7 @@ def label_stack_reason(volume: Volume, slices: int = SAMPLED_SLICES) -> str | No
         A sentence fragment (no final full stop) saying why, e.g. "it sits in a masks/ folder",
         or None.
     """
-    path = Path(volume.path)
+    path = location(volume.path)  # an HDF5 file or OME-Zarr store, not a dataset or level inside
     if path.parent.name in MASK_FOLDERS:
         return f"it sits in a {path.parent.name}/ folder, where label masks are kept"
     values = sampled_values(volume, slices)

@@ -1,11 +1,16 @@
-"""Scans and masks on disk: lazy reading of TIFF stacks (writing: core/writer.py).
+"""Scans and masks on disk: the one `Volume` interface every format is read through, and TIFF.
 
-A volume is either a folder of 2D TIFF slices or one multi-page / 3D TIFF file (plain,
-ImageJ hyperstack or OME-TIFF, BigTIFF or not, in strips or tiles, uncompressed or
-compressed with any codec tifffile + imagecodecs decode). Opening reads headers only;
-reading a slice or a z-range reads only those bytes, straight from the file when the pixels
-are stored uncompressed. A file is refused rather than read in part: several series, pages
-of different sizes, channels or time points, or a broken chain of pages.
+A `Volume` is a lazily read (Z, Y, X) stack. `open_volume` picks the reader by what a path
+holds: a folder of TIFF slices, a multi-page TIFF, an OME-Zarr image or level, a NIfTI file or
+an HDF5 dataset (`file.h5:/path`); the readers other than TIFF live in core/formats/. Writing
+is core/writer.py.
+
+TIFF: a folder of 2D TIFF slices or one multi-page / 3D TIFF file (plain, ImageJ hyperstack or
+OME-TIFF, BigTIFF or not, in strips or tiles, uncompressed or compressed with any codec
+tifffile + imagecodecs decode). Opening reads headers only; reading a slice or a z-range reads
+only those bytes, straight from the file when the pixels are stored uncompressed. A file is
+refused rather than read in part: several series, pages of different sizes, channels or time
+points, or a broken chain of pages.
 """
 
 from __future__ import annotations
@@ -21,10 +26,12 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import tifffile
 
+from bone_apps.core import formats
 from bone_apps.core.errors import ShapeMismatchError, VolumeError
 from bone_apps.core.outputs import MARKER
 
@@ -48,12 +55,40 @@ _RESOLUTION_UNIT_TO_UM = {2: 25400.0, 3: 1e4, 4: 1e3, 5: 1.0}  # inch, cm, mm, u
 
 
 @dataclass(frozen=True)
+class SourceFormat:
+    """What an output written in its scan's own format copies from the scan's file.
+
+    Attributes:
+        kind: the format ("nifti", "zarr").
+        details: NIfTI: the file's header (affine as qform/sform with their codes, units);
+            OME-Zarr: the version ("0.4" or "0.5").
+    """
+
+    kind: str
+    details: bytes | str
+
+
+@dataclass(frozen=True)
 class VoxelSize:
-    """Edge lengths of one voxel in micrometres, (z, y, x) order."""
+    """Edge lengths of one voxel in micrometres, (z, y, x) order.
+
+    `source` (see `with_source`) travels with the size from a scan to its outputs (labels,
+    probabilities, clean-up), so that an output in the scan's own format lands where the scan
+    is (NIfTI: the same affine). It is not a field: equality, hashing and astuple see the
+    size alone.
+    """
 
     z: float
     y: float
     x: float
+    source: ClassVar[SourceFormat | None] = None
+
+    @classmethod
+    def with_source(cls, z: float, y: float, x: float, source: SourceFormat | None) -> VoxelSize:
+        """A voxel size that remembers the format details of the file it was read from."""
+        size = cls(z, y, x)
+        object.__setattr__(size, "source", source)
+        return size
 
     def __str__(self) -> str:
         if self.z == self.y == self.x:
@@ -61,14 +96,12 @@ class VoxelSize:
         return f"{self.z:g} x {self.y:g} x {self.x:g} um (z, y, x)"
 
 
-def volume_id(path: Path) -> str:
-    """A scan's or mask's name: its folder name, or its file name without .tif / .ome.tif
-    (pairs match on it; outputs are named after it)."""
-    name = Path(path).name
-    for suffix in (".ome.tiff", ".ome.tif", *TIFF_SUFFIXES):
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return name
+def volume_id(path: str | os.PathLike) -> str:
+    """A scan's or mask's name: its folder name, or its file or store name without the format's
+    suffix (.tif, .ome.tif, .ome.zarr, .zarr, .nii, .nii.gz, .h5, .hdf5); an HDF5 dataset and an
+    OME-Zarr level are named after their file or store (pairs match on it; outputs are named
+    after it)."""
+    return formats.strip_suffix(formats.location(path).name)
 
 
 def natural_key(name: str) -> list:
@@ -100,52 +133,53 @@ class _SliceFile:
 
 
 class Volume:
-    """A lazily read 3D stack of shape (Z, Y, X).
+    """A lazily read 3D stack of shape (Z, Y, X): the one interface every format is read through.
+
+    fit, predict, iou and measure see only this. Pixels leave a file through `read_slice`
+    and `read_slab` alone, so memory follows the slices asked for, never the stack's length.
+    A subclass reads one format: it sets `kind`, implements `_read(z0, z1)` (or overrides
+    `read_slice` and `read_slab`), may offer `memmap_slice`, and names in `_handles` the
+    attributes holding open files, which pickling drops so that worker processes reopen them.
 
     Attributes:
-        path: the folder or file it was opened from.
+        path: what it was opened from: a folder, a file, an OME-Zarr image or level, or
+            `file.h5:/path/to/dataset`.
         shape: (Z, Y, X).
         dtype: pixel type (native byte order).
         voxel_size: micrometres per voxel, or None when the files do not say.
-        slice_names: one file name per slice (synthesised for a multi-page file).
+        slice_names: one file name per slice (synthesised where slices are not files).
         skipped: names of files in the folder that were left out: not TIFF, hidden (.DS_Store,
             macOS '._*' companions) or links to nothing.
     """
 
-    def __init__(
-        self,
-        path: Path,
-        shape: tuple[int, int, int],
-        dtype: np.dtype,
-        voxel_size: VoxelSize | None,
-        slice_names: list[str],
-        skipped: list[str],
-        slice_files: list[_SliceFile] | None,
-        stored_dtype: np.dtype,
-        series_offset: int | None,
-    ) -> None:
+    kind = "volume"  # the format: "tiff", "zarr", "nifti", "hdf5"
+    _handles: tuple[str, ...] = ()
+
+    def __init__(self, path: Path, shape: tuple[int, int, int], dtype: np.dtype,
+                 voxel_size: VoxelSize | None, slice_names: list[str] | None = None,
+                 skipped: list[str] | None = None) -> None:
         self.path = path
-        self.shape = shape
-        self.dtype = dtype
+        self.shape = tuple(int(s) for s in shape)
+        self.dtype = np.dtype(dtype)
         self.voxel_size = voxel_size
-        self.slice_names = slice_names
-        self.skipped = skipped
-        self._slice_files = slice_files  # None for a multi-page file
-        self._stored_dtype = stored_dtype  # with the file's byte order
-        self._series_offset = series_offset  # contiguous pixels of a multi-page file
-        self._tiff: tifffile.TiffFile | None = None
-        self._lock = threading.Lock()
+        stem = volume_id(path)
+        self.slice_names = slice_names or [f"{stem}_{z:04d}.tif" for z in range(self.shape[0])]
+        self.skipped = skipped or []
+        for name in self._handles:
+            setattr(self, name, None)
+        self._lock = threading.RLock()
 
     # Pickling (DataLoader workers, spawn processes) reopens the file on first use.
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
-        state["_tiff"] = None
+        for name in self._handles:
+            state[name] = None
         state["_lock"] = None
         return state
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
 
     def __len__(self) -> int:
         return self.shape[0]
@@ -156,7 +190,8 @@ class Volume:
 
     @property
     def is_folder(self) -> bool:
-        return self._slice_files is not None
+        """Whether it is a folder of TIFF slices (whose outputs keep its slice names)."""
+        return False
 
     def skipped_note(self) -> str | None:
         """One sentence about files in the folder that were not TIFF and were left out."""
@@ -171,16 +206,87 @@ class Volume:
         return math.prod(self.shape) * self.dtype.itemsize
 
     def close(self) -> None:
-        """Close the open file handle of a multi-page volume (reopened on next read)."""
-        if self._tiff is not None:
-            self._tiff.close()
-            self._tiff = None
+        """Close the open file handles (reopened on the next read)."""
+        for name in self._handles:
+            handle = getattr(self, name, None)
+            setattr(self, name, None)
+            if hasattr(handle, "close"):
+                handle.close()
 
     def __enter__(self) -> Volume:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def __del__(self) -> None:
+        # A volume left to the garbage collector closes its files with it.
+        self.close()
+
+    def _check_index(self, z: int) -> None:
+        if not 0 <= z < self.shape[0]:
+            raise IndexError(f"slice {z} is outside 0..{self.shape[0] - 1} of {self.path}")
+
+    def _read(self, z0: int, z1: int) -> np.ndarray:
+        """Slices z0..z1-1 (within the stack, z0 < z1) as a (z1 - z0, Y, X) array of `dtype`."""
+        raise NotImplementedError
+
+    def read_slice(self, z: int, out: np.ndarray | None = None) -> np.ndarray:
+        """Read slice z as a (Y, X) array; `out`, if given, receives the pixels.
+
+        The array may be read-only (a view of a slab the reader keeps): copy it to change it.
+        """
+        self._check_index(z)
+        data = self._read(z, z + 1)[0]
+        if out is None:
+            return data
+        out[...] = data
+        return out
+
+    def read_slab(self, z0: int, z1: int) -> np.ndarray:
+        """Read slices z0..z1-1 as a (z1 - z0, Y, X) array."""
+        z0, z1 = max(0, z0), min(self.shape[0], z1)
+        if z1 <= z0:
+            return np.empty((0, *self.shape[1:]), dtype=self.dtype)
+        return self._read(z0, z1)
+
+    def memmap_slice(self, z: int) -> np.ndarray | None:
+        """Slice z as a read-only memory map when the file stores it raw, else None (read it)."""
+        return None
+
+    def iter_slices(self) -> Iterator[np.ndarray]:
+        """Yield every slice in order."""
+        for z in range(self.shape[0]):
+            yield self.read_slice(z)
+
+
+class TiffVolume(Volume):
+    """A folder of TIFF slices or one multi-page TIFF (see the module's docstring)."""
+
+    kind = "tiff"
+    _handles = ("_tiff",)
+
+    def __init__(
+        self,
+        path: Path,
+        shape: tuple[int, int, int],
+        dtype: np.dtype,
+        voxel_size: VoxelSize | None,
+        slice_names: list[str],
+        skipped: list[str],
+        slice_files: list[_SliceFile] | None,
+        stored_dtype: np.dtype,
+        series_offset: int | None,
+    ) -> None:
+        super().__init__(path, shape, dtype, voxel_size, slice_names, skipped)
+        self._slice_files = slice_files  # None for a multi-page file
+        self._stored_dtype = stored_dtype  # with the file's byte order
+        self._series_offset = series_offset  # contiguous pixels of a multi-page file
+        self._tiff: tifffile.TiffFile | None = None
+
+    @property
+    def is_folder(self) -> bool:
+        return self._slice_files is not None
 
     def read_slice(self, z: int, out: np.ndarray | None = None) -> np.ndarray:
         """Read slice z as a (Y, X) array; `out`, if given, receives the pixels."""
@@ -263,11 +369,6 @@ class Volume:
             self.read_slice(z, out=slab[i])
         return slab
 
-    def iter_slices(self) -> Iterator[np.ndarray]:
-        """Yield every slice in order."""
-        for z in range(self.shape[0]):
-            yield self.read_slice(z)
-
 
 # ----------------------------------------------------------------------------------------------
 # Opening
@@ -303,29 +404,72 @@ def list_tiff_files(folder: Path) -> tuple[list[Path], list[str]]:
     return [folder / name for name in tiffs], sorted(skipped)
 
 
+def volumes_in(folder: str | os.PathLike) -> list[Path]:
+    """The volumes of a folder (a dataset's scans/ or masks/), in natural order: sub-folders
+    (TIFF slices, Zarr stores) and files of a volume format (TIFF, NIfTI, HDF5); hidden names
+    are left out."""
+    return [Path(entry.path) for entry in sorted(os.scandir(folder), key=lambda e: natural_key(e.name))
+            if not entry.name.startswith(".") and (entry.is_dir() or formats.is_volume_name(entry.name))]
+
+
 def open_volume(path: str | os.PathLike, role: str = "scan") -> Volume:
-    """Open a folder of TIFF slices or a multi-page TIFF lazily.
+    """Open a scan or mask lazily, whatever its format (headers only).
 
     Args:
-        path: folder of 2D TIFF slices or one TIFF file.
+        path: a folder of 2D TIFF slices or one TIFF file; an OME-Zarr image (its level 0),
+            one of its levels (`scan.ome.zarr/1`, see formats.at_level) or a plain Zarr
+            array; a NIfTI file (.nii, .nii.gz); an HDF5 dataset `file.h5:/path/to/dataset`
+            (or the file alone when it holds a single image dataset).
         role: "scan" or "mask"; decides which pixel types are accepted.
 
     Raises:
-        VolumeError: the path is missing, empty, holds no TIFF, mixes shapes or types, is
-            corrupt or truncated, RGB or multi-sample, holds several series or a hyperstack
-            with channels or time points, or is of an unsupported pixel type.
+        VolumeError: the path is missing, empty, holds no volume, mixes shapes or types, is
+            corrupt or truncated, RGB or multi-sample, holds channels or time points (4D), names
+            a dataset or level that is not there, or is of an unsupported pixel type.
     """
     path = Path(path).expanduser()
-    if not path.exists():
-        raise VolumeError(f"{path} does not exist: check the path.")
-    if path.is_dir():
-        volume = _open_folder(path)
-    elif is_tiff_path(path):
+    file, dataset = formats.split_hdf5(path)
+    if not file.exists():
+        raise VolumeError(f"{file} does not exist: check the path.")
+    form = formats.form_of_name(path)
+    if form == formats.HDF5:
+        from bone_apps.core.formats.hdf5 import open_hdf5
+
+        volume = open_hdf5(file, dataset)
+    elif path.is_dir():
+        if form == formats.ZARR or formats.is_zarr_store(path):
+            from bone_apps.core.formats.zarr import open_zarr
+
+            volume = open_zarr(path)
+        else:
+            volume = _open_folder(path)
+    elif form == formats.NIFTI:
+        from bone_apps.core.formats.nifti import open_nifti
+
+        volume = open_nifti(path)
+    elif form == formats.TIFF_FILE:
         volume = _open_file(path)
     else:
-        raise VolumeError(f"{path} is not a TIFF file or a folder of TIFF slices: choose one of those.")
+        raise VolumeError(f"{path} is not a volume bone_apps reads: choose a folder of TIFF slices, a "
+                          "TIFF file, an OME-Zarr image (.ome.zarr), a NIfTI file (.nii, .nii.gz) or an "
+                          "HDF5 dataset (file.h5:/path/to/dataset).")
     _check_dtype(volume, role)
     return volume
+
+
+def source_files(path: str | os.PathLike) -> list[Path]:
+    """The files whose sizes and modification times identify a volume's contents (the
+    statistics cache's key): a TIFF folder's slices, every file of a Zarr image, else the file."""
+    path = Path(path).expanduser()
+    where = formats.location(path)
+    if not where.is_dir():
+        return [where]
+    if formats.form_of_name(where) == formats.ZARR or formats.is_zarr_store(where):
+        found = {where / name for name in formats.ZARR_METADATA if (where / name).is_file()}
+        for folder, _, names in os.walk(path):
+            found |= {Path(folder) / name for name in names if name != MARKER}
+        return sorted(found)
+    return list_tiff_files(where)[0]
 
 
 def _check_dtype(volume: Volume, role: str) -> None:
@@ -357,7 +501,7 @@ def _open_folder(folder: Path) -> Volume:
     for file, info in zip(files, infos):
         offset = info["offset"] if info["byteorder"] == byteorder else None
         slice_files.append(_SliceFile(file, offset))
-    return Volume(
+    return TiffVolume(
         path=folder,
         shape=(len(files), *shape2d),
         dtype=dtype,
@@ -512,7 +656,7 @@ def _open_file(file: Path) -> Volume:
             if offset is not None and series.pages[0] is not None and series.pages[0].compression != 1:
                 offset = None
             stem = file.name.split(".")[0]
-            return Volume(
+            return TiffVolume(
                 path=file,
                 shape=(depth, y, x),
                 dtype=dtype.newbyteorder("="),

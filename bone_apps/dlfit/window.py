@@ -54,6 +54,7 @@ class DLFitWindow(QMainWindow):
         self.last_error = ""
         self.question: QMessageBox | None = None
         self.dlpred_window: QMainWindow | None = None  # opened by "Predict with this model…"
+        self.experiments = None  # evaluate.ExperimentDialog, made when first opened
         self._run_use: tuple[int, int, list[str]] | None = None  # Easy run: patch, batch, notes
         self._build()
         self._restore()
@@ -182,6 +183,7 @@ class DLFitWindow(QMainWindow):
             action.setShortcut(QKeySequence(key))
             action.triggered.connect(slot)
             run_menu.addAction(action)
+        self.experiments_action = run_menu.addAction("Cross-validate or &benchmark…", self.open_experiments)
 
     def set_mode(self, advanced: bool) -> None:
         """Easy: pairs, output folder, epochs. Advanced: every option."""
@@ -192,6 +194,7 @@ class DLFitWindow(QMainWindow):
         self.epochs_label.setVisible(not advanced)
         self.scroll.setVisible(advanced)
         self.pairs.set_validation_visible(advanced)
+        self.experiments_action.setEnabled(advanced)
         self.settings.set("mode", "advanced" if advanced else "easy")
 
     def is_advanced(self) -> bool:
@@ -384,6 +387,12 @@ class DLFitWindow(QMainWindow):
             self.dlpred_window = open_dlpred(model, self.dlpred_window)
             return self.dlpred_window
         return None
+
+    def open_experiments(self) -> None:
+        """Cross-validate or benchmark the current options (Advanced mode; dlfit/evaluate.py)."""
+        from bone_apps.dlfit.evaluate import open_experiments
+
+        self.experiments = open_experiments(self, self.experiments)
 
     def _on_pair_shown(self) -> None:
         if not self.runner.is_running():  # a running fit keeps its curves in front

@@ -29,7 +29,7 @@ from bone_apps.core.predict import (
     scan_id,
 )
 from bone_apps.core.stack_kind import dataset_root_problem, is_dataset_root, label_stack_reason
-from bone_apps.core.volume import TIFF_SUFFIXES, Volume, open_volume
+from bone_apps.core.volume import Volume, open_volume
 from bone_apps.dlpred.options import OptionValues
 
 PREDICTIONS_FOLDER = "predictions"  # a dataset's outputs: ROOT/predictions/<id>_labels
@@ -46,17 +46,20 @@ _CLI_WORDS = (
 
 def default_output(scan: Path) -> Path:
     """Where the labels of `scan` go unless the user says otherwise, named `<id>_labels`
-    (a folder for a folder of slices, a .tif file for a multi-page TIFF, as the engine wants).
+    in the scan's own kind (a folder for a folder of slices, a .tif file for a multi-page TIFF,
+    <id>_labels.ome.zarr, .nii.gz or .h5 for those), as the engine wants.
 
     A scan of a dataset (ROOT/scans/<id> or ROOT/masks/<id>) gets ROOT/predictions/<id>_labels,
     outside scans/ and masks/, so the output is never taken for a scan or a mask of the
     dataset; any other scan gets its output next to it.
     """
-    name = f"{scan_id(scan)}_labels.tif" if scan.suffix.lower() in TIFF_SUFFIXES else (
-        f"{scan.name}_labels")
-    if scan.parent.name in ("scans", "masks") and is_dataset_root(scan.parent.parent):
-        return scan.parent.parent / PREDICTIONS_FOLDER / name
-    return scan.with_name(name)
+    from bone_apps.core import formats
+
+    name = f"{scan_id(scan)}_labels{formats.own_suffix(scan)}"
+    where = formats.location(scan)  # the file or folder holding the scan (an HDF5 file, a store)
+    if where.parent.name in ("scans", "masks") and is_dataset_root(where.parent.parent):
+        return where.parent.parent / PREDICTIONS_FOLDER / name
+    return where.with_name(name)
 
 
 def open_scan(path: Path) -> tuple[Volume, str | None]:
@@ -91,9 +94,15 @@ def matching_mask(scan: Path | None) -> Path | None:
 def read_meta(path: Path) -> dict:
     """The metadata of a weights file (WeightsError with one sentence when it is not usable)."""
     from bone_apps.core.predict import ModelSpec
-    from bone_apps.core.weights import load_weights
 
-    _state, meta = load_weights(path)
+    if Path(path).suffix.lower() == ".onnx":  # written by bone export: metadata inside
+        from bone_apps.core.export.runtime import load_onnx_model
+
+        meta = load_onnx_model(Path(path))[1]
+    else:
+        from bone_apps.core.weights import load_weights
+
+        _state, meta = load_weights(path)
     ModelSpec.from_meta(meta, path)  # the same checks prediction makes, shown at once
     return meta
 

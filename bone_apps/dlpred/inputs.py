@@ -15,7 +15,7 @@ from PySide6.QtWidgets import QCheckBox, QFileDialog, QFormLayout, QGroupBox, QL
 from bone_apps.core.volume import Volume
 from bone_apps.dlpred import bridge
 from bone_apps.ui.background import BackgroundTask, join_worker
-from bone_apps.ui.pickers import WEIGHTS_FILTER, WEIGHTS_TITLE, PathPicker
+from bone_apps.ui.pickers import MODEL_FILTER, WEIGHTS_TITLE, PathPicker
 from bone_apps.ui.settings import AppSettings
 
 DEBOUNCE_MS = 400  # wait for typing to pause before opening a scan or a weights file
@@ -50,7 +50,7 @@ class InputsBox(QGroupBox):
                                   "The fitted model, a .pth file written by DLFit or `bone fit`. It "
                                   "carries everything about the model (2D, 2.5D or 3D, architecture, "
                                   "classes, normalization), so nothing else has to be matched by "
-                                  "hand.", file_filter=WEIGHTS_FILTER, file_title=WEIGHTS_TITLE)
+                                  "hand.", file_filter=MODEL_FILTER, file_title=WEIGHTS_TITLE)
         self.weights.folder_button.hide()
         self.weights.file_button.setText("Choose…")
         self.model_info = QLabel()

@@ -33,6 +33,7 @@ from bone_apps.core.outputs import write_atomic
 from bone_apps.core.scoring import ScoreProgress, result_csv, score_stacks, write_result_json
 from bone_apps.core.volume import Volume, check_same_shape, open_volume
 from bone_apps.iou.errors_tab import ErrorsTab
+from bone_apps.iou.evaluation_tab import EvaluationTab
 from bone_apps.iou.morphometry_tab import MorphometryTab
 from bone_apps.ui.dialogs import show_error
 from bone_apps.ui.pickers import PathPicker, save_folder
@@ -155,6 +156,8 @@ class IoUWindow(QMainWindow):
         self.tabs.addTab(splitter, "&Scores")
         self.tabs.addTab(self.errors, "&Where it fails")
         self.tabs.addTab(self.morphometry, "M&orphometry")
+        self.experiments = EvaluationTab(self.settings)  # a cv.json or bench.json opened
+        self.tabs.addTab(self.experiments, "Experimen&ts")
         # Numbers of one pair are never shown for another, nor exported under its paths.
         for signal in (self.reference.changed, self.prediction.changed, self.class_names.textChanged,
                        self.ignore_background.toggled):

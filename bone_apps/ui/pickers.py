@@ -12,6 +12,8 @@ from bone_apps.ui.settings import AppSettings
 
 TIFF_FILTER = "TIFF stacks (*.tif *.tiff *.TIF *.TIFF);;All files (*)"
 WEIGHTS_FILTER = "Weights (*.pth *.pt);;All files (*)"
+# What prediction runs: bone_apps weights, or an ONNX model written by `bone export`.
+MODEL_FILTER = "Models (*.pth *.pt *.onnx);;All files (*)"
 WEIGHTS_TITLE = "Choose a weights file (.pth)"
 OUTPUT_TITLE = "Choose an output folder"
 DATASET_FOLDERS = ("scans", "masks")  # inputs of a dataset: nothing is ever saved inside them
