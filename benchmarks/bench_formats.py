@@ -3,7 +3,7 @@
 The scan (default 64 slices of 1024x1024 uint16, a smooth field with noise, which compresses
 as little as a micro-CT reconstruction) is written by each format's own library: TIFF folders
 (tifffile; uncompressed, the fastest TIFF there is, and zstd), OME-Zarr 0.4 and 0.5 (ome-zarr-py
-with its default zstd, chunks one slice deep and 16 deep, and Blosc-LZ4), OME-Zarr as bone_apps
+with its default zstd, chunks one slice deep and 16 deep, Blosc-LZ4, uncompressed), OME-Zarr as bone_apps
 writes its outputs, NIfTI (nibabel, .nii and .nii.gz) and HDF5 (h5py, gzip). Each is opened with
 `open_volume` and read slice by slice in order, as prediction, statistics and scoring read
 scans (page cache warm; best of --repeats). The table gives milliseconds per slice and the
@@ -63,14 +63,19 @@ def write_all(scan: np.ndarray, folder: Path) -> dict[str, Path]:
         for z, plane in enumerate(scan):
             tifffile.imwrite(tiffs / f"slice_{z:04d}.tif", plane, compression=compression)
         paths[f"TIFF folder, {compression or 'uncompressed'}"] = tiffs
-    # ome-zarr-py's defaults (zstd), chunks one slice deep or 16 deep; and Blosc-LZ4.
-    zarrs = [(FormatV04(), 1, None), (FormatV04(), 16, None), (FormatV05(), 1, None),
-             (FormatV04(), 1, Blosc(cname="lz4", clevel=5, shuffle=Blosc.SHUFFLE))]
+    # ome-zarr-py's defaults (zstd), chunks one slice deep or 16 deep; Blosc-LZ4; and no
+    # compression, like the uncompressed TIFF folder (the same bytes on disk).
+    zarrs = [(FormatV04(), 1, "zstd"), (FormatV04(), 16, "zstd"), (FormatV05(), 1, "zstd"),
+             (FormatV04(), 1, Blosc(cname="lz4", clevel=5, shuffle=Blosc.SHUFFLE)),
+             (FormatV04(), 1, None)]
     for fmt, depth, compressor in zarrs:
-        name = f"OME-Zarr {fmt.version}, {'blosc-lz4' if compressor else 'zstd'}, {depth}x{tile}^2"
+        codec = compressor if isinstance(compressor, str) else "uncompressed" if compressor is None else (
+            "blosc-lz4")
+        name = f"OME-Zarr {fmt.version}, {codec}, {depth}x{tile}^2"
         store = folder / f"{len(paths)}.ome.zarr"
         group = zarr.open_group(str(store), mode="w", zarr_format=fmt.zarr_format)
-        options = {"chunks": (depth, tile, tile), **({"compressor": compressor} if compressor else {})}
+        options = {"chunks": (depth, tile, tile),
+                   **({} if compressor == "zstd" else {"compressor": compressor})}
         write_image(scan, group, axes="zyx", fmt=fmt, scale_factors=(), storage_options=options)
         paths[name] = store
     paths["OME-Zarr as bone_apps writes it"] = write_volume(folder / "bone_apps.ome.zarr", scan)

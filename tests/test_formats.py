@@ -520,3 +520,32 @@ def test_overwrite_never_replaces_volumes_bone_apps_did_not_write(dataset, weigh
         assert main(["predict", str(scans["tiff"]), "--out", str(tmp_path / name), *common]) == 0
         assert formats.is_ours(tmp_path / name) and labels_of(tmp_path / name).max() < 7
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+@pytest.mark.parametrize("fmt", [FormatV04(), FormatV05()], ids=["0.4", "0.5"])
+def test_uncompressed_ome_zarr_slices_are_read_straight_from_their_chunk_files(fmt, tmp_path, ramps):
+    """Raw one-slice chunks are read like uncompressed TIFF slices (and memory-mapped for fitting);
+    an absent chunk reads as the fill value and a cut-short one is named in one sentence.
+    (`ramps` has started zarr's thread pools, which outlive any one test.)"""
+    scan = make_sample_scan((6, 48, 40), np.random.default_rng(3), bits=16).scan
+    store = tmp_path / "raw.ome.zarr"
+    group = zarr.open_group(str(store), mode="w", zarr_format=fmt.zarr_format)
+    options = {"chunks": (1, 48, 40), **({"compressor": None} if fmt.zarr_format == 2 else
+                                          {"compressors": None})}
+    write_image(scan, group, axes="zyx", fmt=fmt, scale_factors=(), storage_options=options)
+    volume = open_volume(store)
+    assert volume.raw_chunk is not None
+    assert all(np.array_equal(volume.read_slice(z), scan[z]) for z in range(6))
+    assert np.array_equal(volume.memmap_slice(2), scan[2])
+    assert np.array_equal(pickle.loads(pickle.dumps(volume)).read_slab(0, 6), scan)
+    chunk = volume.array_path / volume.raw_chunk.format(z=4)
+    chunk.unlink()
+    assert not open_volume(store).read_slice(4).any()  # zarr's fill value
+    chunk = volume.array_path / volume.raw_chunk.format(z=5)
+    chunk.write_bytes(chunk.read_bytes()[:100])
+    with pytest.raises(VolumeError, match=r"^slice 6 of .*raw.ome.zarr is cut short .*re-export it.$"):
+        open_volume(store).read_slice(5)
+    compressed = tmp_path / "zstd.ome.zarr"
+    group = zarr.open_group(str(compressed), mode="w", zarr_format=fmt.zarr_format)
+    write_image(scan, group, axes="zyx", fmt=fmt, scale_factors=(), storage_options={"chunks": (1, 48, 40)})
+    assert open_volume(compressed).raw_chunk is None  # zarr decodes it

@@ -5,7 +5,9 @@ image) is read at level 0, or at the level its path names (`scan.ome.zarr/2`, wh
 `formats.at_level` gives for `--level 2`); a plain Zarr array as it is. The voxel size is the
 level's scale in its axes' units (micrometres when none is given). Slices are read through
 zarr a slab of whole chunks at a time (formats/slabs.py): each chunk is decoded once, the
-chunks of a slab in parallel, and memory holds one slab whatever the stack's length.
+chunks of a slab in parallel, and memory holds one slab whatever the stack's length. When each
+chunk is one whole slice stored raw (no compressor or filter), a slice is read straight from its
+chunk file, as an uncompressed TIFF slice is, and can be memory-mapped for fitting.
 
 Writing (`ZarrSink`, driven by writer.VolumeWriter): an OME-Zarr image of the volume with a
 multiscale pyramid for viewers (each level half the last in z, y and x, by taking every other
@@ -116,6 +118,47 @@ class ZarrVolume(SlabVolume):
         self.roles = roles
         self.version = version  # OME-Zarr version, None for a plain array
         self.levels = levels  # resolution levels of its image (1 for a plain array)
+        # Chunk file of slice z ("{z}" in a path relative to the array) when every chunk holds one
+        # whole slice stored raw, and the value of an absent chunk: read like an uncompressed
+        # TIFF slice, straight from the file (zarr's decoding machinery costs more than the read).
+        self.raw_chunk: str | None = None
+        self.raw_fill = 0
+
+    def read_slice(self, z: int, out: np.ndarray | None = None) -> np.ndarray:
+        if self.raw_chunk is None:
+            return super().read_slice(z, out)
+        self._check_index(z)
+        file = self.array_path / self.raw_chunk.format(z=z)
+        plane = self.shape[1] * self.shape[2]
+        if not file.exists():  # never written: the fill value, as zarr reads it
+            data = np.full(self.shape[1:], self.raw_fill, dtype=self.dtype)
+        else:
+            try:
+                data = np.fromfile(file, dtype=self.dtype, count=plane)
+            except (OSError, ValueError) as exc:
+                raise VolumeError(f"slice {z + 1} of {self.path} cannot be read ({_short(exc)}): copy the "
+                                  "store again or re-export it.") from exc
+            if data.size != plane:
+                raise VolumeError(f"slice {z + 1} of {self.path} is cut short ({file.name} holds "
+                                  f"{data.size} of {plane} values): copy the store again or re-export it.")
+            data = data.reshape(self.shape[1:])
+        if out is None:
+            return data
+        out[...] = data
+        return out
+
+    def memmap_slice(self, z: int) -> np.ndarray | None:
+        """Slice z as a read-only memory map of its chunk file when slices are stored raw."""
+        if self.raw_chunk is None:
+            return None
+        self._check_index(z)
+        file = self.array_path / self.raw_chunk.format(z=z)
+        try:
+            if file.stat().st_size != self.shape[1] * self.shape[2] * self.dtype.itemsize:
+                return None  # absent or damaged: read_slice fills or names it
+            return np.memmap(file, dtype=self.dtype, mode="r", shape=self.shape[1:]).view(np.ndarray)
+        except (OSError, ValueError):
+            return None
 
     def _array_handle(self):
         if self._array is None:
@@ -192,8 +235,8 @@ def open_zarr(path: Path) -> ZarrVolume:
                               "OME-Zarr image itself, or one array inside the group.")
         array = _open_array(path, str(path))
         (z, y, x), roles = formats.zyx_axes(str(path), array.shape)
-        return ZarrVolume(path, path, (z, y, x), _native(array.dtype), None, roles,
-                          _chunk_depth(array, roles), None, 1)
+        return _raw_reading(ZarrVolume(path, path, (z, y, x), _native(array.dtype), None, roles,
+                                       _chunk_depth(array, roles), None, 1), array)
     group, entry, version, level = image
     datasets = [d for d in entry.get("datasets", []) if isinstance(d, dict)]
     if not datasets:
@@ -207,8 +250,45 @@ def open_zarr(path: Path) -> ZarrVolume:
                           "data: re-export it.")
     (z, y, x), roles = formats.zyx_axes(str(path), array.shape, names)
     voxel = _voxel_size(entry, dataset, roles, version)
-    return ZarrVolume(path, array_path, (z, y, x), _native(array.dtype), voxel, roles,
-                      _chunk_depth(array, roles), version, len(datasets))
+    return _raw_reading(ZarrVolume(path, array_path, (z, y, x), _native(array.dtype), voxel, roles,
+                                   _chunk_depth(array, roles), version, len(datasets)), array)
+
+
+def _raw_chunk_key(array, roles: list[int | None]) -> str | None:
+    """The chunk path of slice "{z}" when each chunk of `array` is one whole (z, y, x) slice
+    stored as raw bytes in this machine's order (no compressor, filter or transpose), else None."""
+    import sys
+
+    metadata = array.metadata
+    if roles != [0, 1, 2] or tuple(array.chunks) != (1, *array.shape[1:]):
+        return None
+    dtype = np.dtype(array.dtype)
+    if not dtype.isnative and dtype.itemsize > 1:
+        return None
+    if getattr(metadata, "zarr_format", None) == 2:
+        if metadata.compressor is not None or metadata.filters or metadata.order != "C":
+            return None
+    else:
+        codecs = tuple(getattr(metadata, "codecs", ()))
+        if len(codecs) != 1 or type(codecs[0]).__name__ != "BytesCodec":
+            return None
+        endian = getattr(codecs[0], "endian", None)
+        if dtype.itemsize > 1 and getattr(endian, "value", endian) != sys.byteorder:
+            return None
+    marker = 987654321  # a slice index no real key holds, replaced by the "{z}" placeholder
+    key = metadata.encode_chunk_key((marker, 0, 0))
+    return key.replace("{", "{{").replace("}", "}}").replace(str(marker), "{z}")
+
+
+def _raw_reading(volume: ZarrVolume, array) -> ZarrVolume:
+    """`volume`, reading slices straight from their chunk files when they are stored raw."""
+    try:
+        volume.raw_chunk = _raw_chunk_key(array, volume.roles)
+        fill = array.fill_value
+        volume.raw_fill = 0 if fill is None else fill
+    except (AttributeError, TypeError, ValueError):  # a zarr without these metadata: decode
+        volume.raw_chunk = None
+    return volume
 
 
 def _native(dtype) -> np.dtype:
