@@ -34,7 +34,7 @@ from PySide6.QtWidgets import (
 from bone_apps.core.errors import BoneAppsError
 from bone_apps.core.pairs import pairs_from_root
 from bone_apps.dlfit.pair_check import PairCheck, check_queue
-from bone_apps.ui.pickers import TIFF_FILTER
+from bone_apps.ui.pickers import VOLUME_FILTER
 from bone_apps.ui.settings import AppSettings
 from bone_apps.ui.worker import JobWorker
 
@@ -358,7 +358,7 @@ class PairsPanel(QWidget):
             if folders:
                 path = QFileDialog.getExistingDirectory(self, title, self._start_dir())
             else:
-                path, _ = QFileDialog.getOpenFileName(self, title, self._start_dir(), TIFF_FILTER)
+                path, _ = QFileDialog.getOpenFileName(self, title, self._start_dir(), VOLUME_FILTER)
             if not path:
                 return
             chosen.append(path)

@@ -40,13 +40,16 @@ class InputsBox(QGroupBox):
         self.meta: dict | None = None
         self._tasks: set[BackgroundTask] = set()
         self._auto_output = ""
-        self.scan = PathPicker("Scan: folder of TIFF slices or a multi-page TIFF", settings, "scan",
-                               "The micro-CT scan to segment: a folder of TIFF slices or one "
-                               "multi-page TIFF (8-bit, 16-bit or 32-bit float). You can also drop "
-                               "a folder or file here.")
+        self.scan = PathPicker("Scan: TIFF folder or file, OME-Zarr, NIfTI or HDF5 (file.h5:/dataset)",
+                               settings, "scan",
+                               "The micro-CT scan to segment: a folder of TIFF slices, one "
+                               "multi-page TIFF, an OME-Zarr image (folder), a NIfTI file or an HDF5 "
+                               "dataset written as file.h5:/path (8-bit, 16-bit or 32-bit float). "
+                               "You can also drop a folder or file here.")
         self.scan_info = QLabel()
         self.scan_info.setWordWrap(True)
-        self.weights = PathPicker("Weights: a .pth file written by DLFit", settings, "weights",
+        self.weights = PathPicker("Weights: a .pth file written by DLFit (or an exported .onnx)", settings,
+                                  "weights",
                                   "The fitted model, a .pth file written by DLFit or `bone fit`. It "
                                   "carries everything about the model (2D, 2.5D or 3D, architecture, "
                                   "classes, normalization), so nothing else has to be matched by "
@@ -206,8 +209,9 @@ class InputsBox(QGroupBox):
 
     def _choose_output_file(self) -> None:
         scan = self.scan.path()
-        start = str(bridge.default_output(scan).with_suffix(".tif")) if scan else ""
-        file, _ = QFileDialog.getSaveFileName(self, "Write the labels as one TIFF file", start,
-                                              "TIFF stack (*.tif *.tiff)")
+        start = str(bridge.default_output(scan)) if scan else ""
+        file, _ = QFileDialog.getSaveFileName(
+            self, "Write the labels as one file (.tif, .nii.gz, .h5; the scan's kind by default)", start,
+            "Label stacks (*.tif *.tiff *.nii *.nii.gz *.h5);;All files (*)")
         if file:
             self.output.set_path(file)

@@ -65,10 +65,10 @@ class IoUWindow(QMainWindow):
     # -- layout ---------------------------------------------------------------------------------
     def _build(self) -> None:
         self.reference = PathPicker(
-            "Reference mask: folder of TIFF slices or a multi-page TIFF", self.settings,
+            "Reference mask: TIFF folder or file, OME-Zarr, NIfTI or HDF5", self.settings,
             "reference", "The ground-truth labels (for example a manual segmentation).")
         self.prediction = PathPicker(
-            "Predicted mask: folder of TIFF slices or a multi-page TIFF", self.settings,
+            "Predicted mask: TIFF folder or file, OME-Zarr, NIfTI or HDF5", self.settings,
             "prediction", "The labels to score, for example the output of DLPred.")
         self.class_names = QLineEdit(self.settings.get("class_names", "background,bone,pores"))
         self.class_names.setToolTip(

@@ -10,7 +10,9 @@ from PySide6.QtWidgets import QFileDialog, QHBoxLayout, QLineEdit, QPushButton, 
 
 from bone_apps.ui.settings import AppSettings
 
-TIFF_FILTER = "TIFF stacks (*.tif *.tiff *.TIF *.TIFF);;All files (*)"
+# Files a scan or mask may be (an OME-Zarr image is a folder: Folder...).
+VOLUME_FILTER = ("Volumes (*.tif *.tiff *.TIF *.TIFF *.nii *.nii.gz *.h5 *.hdf5);;"
+                 "TIFF stacks (*.tif *.tiff *.TIF *.TIFF);;All files (*)")
 WEIGHTS_FILTER = "Weights (*.pth *.pt);;All files (*)"
 # What prediction runs: bone_apps weights, or an ONNX model written by `bone export`.
 MODEL_FILTER = "Models (*.pth *.pt *.onnx);;All files (*)"
@@ -44,7 +46,7 @@ class PathPicker(QWidget):
     changed = Signal(str)
 
     def __init__(self, placeholder: str, settings: AppSettings, settings_key: str,
-                 tooltip: str = "", file_filter: str = TIFF_FILTER,
+                 tooltip: str = "", file_filter: str = VOLUME_FILTER,
                  parent: QWidget | None = None, *, folder_title: str = "Choose a folder of TIFF slices",
                  file_title: str = "Choose one multi-page TIFF file") -> None:
         super().__init__(parent)
