@@ -8,7 +8,13 @@ import sys
 def main() -> int:
     import multiprocessing
 
-    multiprocessing.freeze_support()  # scan statistics run in spawned processes
+    multiprocessing.freeze_support()  # first: spawned workers of a bundle must not start the app
+    from bone_apps.core.startlog import launch
+
+    return launch("dlfit", _start)
+
+
+def _start() -> int:
     from bone_apps.dlfit.window import DLFitWindow
     from bone_apps.ui.app import run_app
 

@@ -6,6 +6,15 @@ import sys
 
 
 def main() -> int:
+    import multiprocessing
+
+    multiprocessing.freeze_support()  # first: spawned workers of a bundle must not start the app
+    from bone_apps.core.startlog import launch
+
+    return launch("dlpred", _start)
+
+
+def _start() -> int:
     from bone_apps.dlpred.window import DLPredWindow
     from bone_apps.ui.app import run_app
 
