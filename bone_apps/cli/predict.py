@@ -33,7 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     default = {f.name: f.default for f in fields(PredictConfig)}
     paper = InferenceSettings()
     parser = subparsers.add_parser(
-        "predict", help="segment scans with a fitted model (weights .pth) into label stacks",
+        "predict", help="segment scans with a fitted model (.pth, or an exported .onnx) into label stacks",
         description="Predict a label stack for each scan: chunks are normalized like in fitting, "
                     "run through the network in batches, merged by averaging probabilities where "
                     "they overlap, labelled by the most probable class, and voxels whose winning "
