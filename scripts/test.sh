@@ -5,4 +5,5 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export QT_QPA_PLATFORM=offscreen
 .venv/bin/python -m ruff check bone_apps tests benchmarks
+.venv/bin/lint-imports --no-cache
 .venv/bin/python -m pytest "$@"
