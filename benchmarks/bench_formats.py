@@ -10,7 +10,7 @@ scans (page cache warm; best of --repeats). The table gives milliseconds per sli
 ratio to the uncompressed TIFF folder.
 
 Usage: python benchmarks/bench_formats.py [--slices 64] [--size 1024] [--repeats 3]
-       [--workdir /tmp/bench_formats]
+       [--workdir DIR (a scratch folder is made inside and removed)]
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -110,11 +111,21 @@ def main() -> None:
     parser.add_argument("--slices", type=int, default=64)
     parser.add_argument("--size", type=int, default=1024)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--workdir", type=Path, default=Path("/tmp/bench_formats"))
+    parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()),
+                        help="where a new scratch folder is made (and removed afterwards)")
     args = parser.parse_args()
-    shutil.rmtree(args.workdir, ignore_errors=True)
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    # A fresh folder of our own: only what this run wrote is ever removed.
+    scratch = Path(tempfile.mkdtemp(prefix="bench_formats-", dir=args.workdir))
+    try:
+        run(args, scratch)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def run(args: argparse.Namespace, scratch: Path) -> None:
     scan = make_scan(args.slices, args.size)
-    paths = write_all(scan, args.workdir)
+    paths = write_all(scan, scratch)
     times = {}
     for name, path in paths.items():
         read_all(path, scan)  # warm the page cache (and the imports)
@@ -127,7 +138,6 @@ def main() -> None:
     print(f"{'format':<40}{'MB on disk':>11}{'ms/slice':>10}{'vs TIFF':>9}")
     for name, seconds in times.items():
         print(f"{name:<40}{size_mb[name]:>11.0f}{seconds * 1e3:>10.2f}{seconds / base:>8.2f}x")
-    shutil.rmtree(args.workdir, ignore_errors=True)
 
 
 if __name__ == "__main__":
