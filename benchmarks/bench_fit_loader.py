@@ -24,7 +24,7 @@ TARGET = 2000.0
 
 
 def make_dataset(root: Path, scans: int, slices: int, size: int) -> None:
-    from bone_apps.core.writer import VolumeWriter
+    from bone_apps.core.io.writer import VolumeWriter
 
     rng = np.random.default_rng(0)
     (root / "scans").mkdir(parents=True)
@@ -57,7 +57,7 @@ def measure(dataset, workers: int, batches: int) -> tuple[float, int]:
     """Patches per second through the fitting DataLoader (after the workers have started)."""
     import torch
 
-    from bone_apps.core.loader import TRAIN, FitBatches, make_loader
+    from bone_apps.core.data.loader import TRAIN, FitBatches, make_loader
 
     keys, epoch = [], 0
     while len(keys) < batches + 3:  # as many epochs as it takes
@@ -87,10 +87,10 @@ def main() -> None:
     parser.add_argument("--dir", type=Path, default=None, help="scratch folder (default: /tmp)")
     args = parser.parse_args()
 
-    from bone_apps.core.loader import default_workers
-    from bone_apps.core.normalize import compute_stats
-    from bone_apps.core.sampling import AugmentConfig, Dims, PatchBatches, PatchLayout, ScanSource
-    from bone_apps.core.volume import open_volume
+    from bone_apps.core.data.loader import default_workers
+    from bone_apps.core.data.normalize import compute_stats
+    from bone_apps.core.data.sampling import AugmentConfig, Dims, PatchBatches, PatchLayout, ScanSource
+    from bone_apps.core.io.volume import open_volume
 
     scratch = Path(tempfile.mkdtemp(prefix="bench-loader-", dir=args.dir))
     try:

@@ -35,7 +35,7 @@ SIZE = 1000
 
 def write_dataset(root: Path, scans: int, slices: int) -> int:
     """Scans with smooth structure and matching masks; returns bytes on disk."""
-    from bone_apps.core.writer import VolumeWriter
+    from bone_apps.core.io.writer import VolumeWriter
 
     (root / "scans").mkdir(parents=True)
     (root / "masks").mkdir(parents=True)
@@ -72,9 +72,9 @@ def child(args: argparse.Namespace) -> None:
     import psutil
     import torch
 
-    from bone_apps.core.fit import StepProgress, fit
-    from bone_apps.core.fitconfig import FitConfig
-    from bone_apps.core.monitor import ResourceMonitor
+    from bone_apps.core.fit.config import FitConfig
+    from bone_apps.core.fit.loop import StepProgress, fit
+    from bone_apps.core.jobs.monitor import ResourceMonitor
 
     torch.set_num_threads(max(1, (os.cpu_count() or 2) - 1))
     me = psutil.Process()

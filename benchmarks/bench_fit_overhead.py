@@ -21,8 +21,8 @@ from pathlib import Path
 
 
 def one_fit(data: Path, out: Path, cache: Path, workers: int | None, args) -> dict:
-    from bone_apps.core.fit import run_fit
-    from bone_apps.core.fitconfig import FitConfig
+    from bone_apps.core.fit.config import FitConfig
+    from bone_apps.core.fit.loop import run_fit
 
     config = FitConfig(out=str(out), data=str(data), patch=args.patch, batch=args.batch,
                        epochs=args.epochs, init="random", workers=workers,
@@ -38,8 +38,8 @@ def main() -> None:
     parser.add_argument("--dir", type=Path, default=None, help="scratch folder (default: /tmp)")
     args = parser.parse_args()
 
-    from bone_apps.core.loader import default_workers
-    from bone_apps.core.synthetic import write_sample_dataset
+    from bone_apps.core.data.loader import default_workers
+    from bone_apps.core.data.synthetic import write_sample_dataset
 
     scratch = Path(tempfile.mkdtemp(prefix="bench-overhead-", dir=args.dir))
     try:

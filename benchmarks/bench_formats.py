@@ -53,7 +53,7 @@ def write_all(scan: np.ndarray, folder: Path) -> dict[str, Path]:
     from ome_zarr.format import FormatV04, FormatV05
     from ome_zarr.writer import write_image
 
-    from bone_apps.core.writer import write_volume
+    from bone_apps.core.io.writer import write_volume
 
     paths: dict[str, Path] = {}
     _, size, _ = scan.shape
@@ -94,7 +94,7 @@ def write_all(scan: np.ndarray, folder: Path) -> dict[str, Path]:
 
 def read_all(path: Path, expected: np.ndarray) -> float:
     """Seconds to open `path` and read every slice in order (checked against the scan)."""
-    from bone_apps.core.volume import open_volume
+    from bone_apps.core.io.volume import open_volume
 
     started = time.perf_counter()
     with open_volume(path) as volume:

@@ -79,7 +79,7 @@ def scan_ids(root: Path) -> list[str]:
 
 def score(reference: Path, prediction: Path) -> tuple[float, float]:
     """(mIoU over the classes present, pores IoU) of one predicted label stack."""
-    from bone_apps.core.scoring import compute_iou
+    from bone_apps.core.score.scoring import compute_iou
 
     result = compute_iou(reference, prediction, num_classes=3, device="cpu")
     pores = result.classes[2].iou
@@ -87,7 +87,7 @@ def score(reference: Path, prediction: Path) -> tuple[float, float]:
 
 
 def agreement(a: Path, b: Path) -> float:
-    from bone_apps.core.volume import open_volume
+    from bone_apps.core.io.volume import open_volume
 
     va, vb = open_volume(a, role="mask"), open_volume(b, role="mask")
     same = total = 0
@@ -124,7 +124,7 @@ def predict_bone(weights: Path, scan: Path, out: Path, extra: list[str]) -> None
 
 
 def _zscored(path: Path) -> np.ndarray:
-    from bone_apps.core.volume import open_volume
+    from bone_apps.core.io.volume import open_volume
 
     volume = open_volume(path)
     array = volume.read_slab(0, volume.shape[0]).astype(np.float32)
@@ -136,7 +136,7 @@ def fit_plain(args, data: Path, run_dir: Path) -> float:
     import segmentation_models_pytorch as smp
     import torch
 
-    from bone_apps.core.volume import open_volume
+    from bone_apps.core.io.volume import open_volume
 
     torch.manual_seed(42)
     rng = np.random.default_rng(42)

@@ -40,7 +40,7 @@ def part_counting(voxels: int) -> None:
     import torch
     from torchmetrics.classification import MulticlassJaccardIndex
 
-    from bone_apps.core.metrics import confusion_matrix, scores_from_confusion
+    from bone_apps.core.score.metrics import confusion_matrix, scores_from_confusion
 
     reference, prediction = labels(voxels, np.random.default_rng(0))
     t0 = time.perf_counter()

@@ -45,8 +45,8 @@ CHUNK, OVERLAP, CLASSES = 512, 0.25, 3
 def child_weights(args: argparse.Namespace) -> dict:
     import torch
 
-    from bone_apps.core.models import build_model, required_multiple
-    from bone_apps.core.weights import save_weights
+    from bone_apps.core.model.models import build_model, required_multiple
+    from bone_apps.core.model.weights import save_weights
 
     torch.manual_seed(0)
     model = build_model("2d", "Unet", "resnet18", 1, CLASSES)
@@ -108,7 +108,7 @@ def child_monai(args: argparse.Namespace) -> dict:
 def child_floor(args: argparse.Namespace) -> dict:
     import torch
 
-    from bone_apps.core.windows import window_grid
+    from bone_apps.core.predict.windows import window_grid
 
     model = _load_model(args.weights)
     windows = len(window_grid((args.size, args.size), (CHUNK, CHUNK), OVERLAP)) * args.slices[0]
@@ -146,7 +146,7 @@ def make_scan(folder: Path, slices: int, size: int, source: Path | None = None) 
     """uint16 slices of sample long bones; a larger scan repeats the first one's files (hard links)."""
     import tifffile
 
-    from bone_apps.core.synthetic import make_sample_scan
+    from bone_apps.core.data.synthetic import make_sample_scan
 
     folder.mkdir(parents=True)
     if source is not None:

@@ -48,7 +48,7 @@ def sample_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     Session-wide and read-only: tests that change files make their own copy.
     """
-    from bone_apps.core.synthetic import write_sample_dataset
+    from bone_apps.core.data.synthetic import write_sample_dataset
 
     root = tmp_path_factory.mktemp("samples")
     write_sample_dataset(root, scans=4, seed=0, shape=(16, 64, 64))

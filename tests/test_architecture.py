@@ -19,7 +19,7 @@ def _modules_loaded_by(code: str) -> set[str]:
 
 def test_importing_every_core_module_loads_no_qt():
     names = [m.name for m in pkgutil.walk_packages(bone_apps.core.__path__, "bone_apps.core.")]
-    assert {"bone_apps.core.volume", "bone_apps.core.formats.zarr", "bone_apps.core.evaluate.cv",
+    assert {"bone_apps.core.io.volume", "bone_apps.core.io.formats.zarr", "bone_apps.core.evaluate.cv",
             "bone_apps.core.export.onnx", "bone_apps.core.measure.thickness"} <= set(names)
     loaded = _modules_loaded_by("; ".join(f"import {name}" for name in names))
     assert not loaded & {"PySide6", "PyQt5", "PyQt6", "shiboken6"}
@@ -27,7 +27,7 @@ def test_importing_every_core_module_loads_no_qt():
 
 def test_scan_io_sample_scans_and_cpu_scoring_do_not_load_torch():
     loaded = _modules_loaded_by(
-        "import bone_apps.core.volume, bone_apps.core.synthetic, bone_apps.core.scoring")
+        "import bone_apps.core.io.volume, bone_apps.core.data.synthetic, bone_apps.core.score.scoring")
     assert "torch" not in loaded
 
 

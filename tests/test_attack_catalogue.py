@@ -49,7 +49,7 @@ class Shared:
 
 @pytest.fixture(scope="module")
 def shared(tmp_path_factory) -> Shared:
-    from bone_apps.core.synthetic import write_sample_dataset
+    from bone_apps.core.data.synthetic import write_sample_dataset
 
     data = tmp_path_factory.mktemp("catalogue-data")
     write_sample_dataset(data, scans=2, seed=0, shape=SHAPE)
@@ -99,8 +99,8 @@ def weights_of(d: Path, name: str = "model.pth", channels: int = 1, nan: bool = 
     """A complete weights file whose model takes `channels` inputs (the metadata says 1)."""
     import torch
 
-    from bone_apps.core.models import build_model, required_multiple
-    from bone_apps.core.weights import save_weights
+    from bone_apps.core.model.models import build_model, required_multiple
+    from bone_apps.core.model.weights import save_weights
 
     torch.manual_seed(0)
     model = build_model("2d", "Unet", "resnet18", channels, 3)
@@ -534,7 +534,7 @@ def test_the_catalogue_is_complete():
 
 def test_a_refused_output_costs_no_statistics(shared, tmp_path, monkeypatch, capsys):
     """Outputs are checked before the minutes of intensity statistics, not after them."""
-    import bone_apps.core.normalize as normalize
+    import bone_apps.core.data.normalize as normalize
 
     def never(*_args, **_kwargs):
         raise AssertionError("statistics were computed before the outputs were checked")

@@ -121,7 +121,7 @@ def _bench_options(root: Path, cache: Path) -> list[str]:
 
 @pytest.fixture(scope="module")
 def six_scans(tmp_path_factory) -> Path:
-    from bone_apps.core.synthetic import write_sample_dataset
+    from bone_apps.core.data.synthetic import write_sample_dataset
 
     root = tmp_path_factory.mktemp("six")
     write_sample_dataset(root, scans=6, seed=2, shape=(8, 64, 64))
@@ -137,8 +137,8 @@ def test_bench_fits_scores_and_measures_each_configuration(six_scans, cache, tmp
         warnings.simplefilter("ignore", FutureWarning)
         from fvcore.nn import FlopCountAnalysis
 
-    from bone_apps.core.models import model_from_meta
-    from bone_apps.core.weights import load_weights
+    from bone_apps.core.model.models import model_from_meta
+    from bone_apps.core.model.weights import load_weights
 
     out = tmp_path / "grid"
     configs = ["Unet:mobilenet_v2:32", "FPN:mobilenet_v2:32:4"]

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 import bone_apps.cli as cli
-from bone_apps.core.cleanup import CleanOptions, clean_labels, clean_mask
-from bone_apps.core.volume import VoxelSize, open_volume
-from bone_apps.core.writer import write_volume
+from bone_apps.core.io.volume import VoxelSize, open_volume
+from bone_apps.core.io.writer import write_volume
+from bone_apps.core.predict.cleanup import CleanOptions, clean_labels, clean_mask
 
 
 @pytest.fixture

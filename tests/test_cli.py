@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from bone_apps.cli import main
-from bone_apps.core.volume import open_volume
-from bone_apps.core.writer import write_volume
+from bone_apps.core.io.volume import open_volume
+from bone_apps.core.io.writer import write_volume
 
 
 def bone(*args: str, **kwargs) -> subprocess.CompletedProcess:

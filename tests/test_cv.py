@@ -178,7 +178,7 @@ def test_summary_reproduces_the_whole_of_table6_from_scan_scores():
 
 @pytest.fixture(scope="module")
 def six_scans(tmp_path_factory) -> Path:
-    from bone_apps.core.synthetic import write_sample_dataset
+    from bone_apps.core.data.synthetic import write_sample_dataset
 
     root = tmp_path_factory.mktemp("six")
     write_sample_dataset(root, scans=6, seed=1, shape=(8, 64, 64))
@@ -217,7 +217,7 @@ def test_cv_runs_every_fold_and_seed_and_a_stopped_one_resumes_to_the_same_figur
     from bone_apps.cli.fit import build_config
     from bone_apps.core.evaluate.cv import CVConfig, cross_validate
     from bone_apps.core.evaluate.runs import RunProgress
-    from bone_apps.core.fit import StepProgress
+    from bone_apps.core.fit.loop import StepProgress
 
     whole = tmp_path / "whole"
     assert main(["cv", "--out", str(whole), *_options(six_scans, cache)]) == 0

@@ -22,10 +22,10 @@ from PySide6.QtWidgets import (  # noqa: E402
     QRadioButton,
 )
 
-from bone_apps.core.fit import EpochEnd, StepProgress  # noqa: E402
-from bone_apps.core.fitconfig import FitConfig  # noqa: E402
-from bone_apps.core.weights import load_weights  # noqa: E402
-from bone_apps.core.writer import write_volume  # noqa: E402
+from bone_apps.core.fit.config import FitConfig  # noqa: E402
+from bone_apps.core.fit.loop import EpochEnd, StepProgress  # noqa: E402
+from bone_apps.core.io.writer import write_volume  # noqa: E402
+from bone_apps.core.model.weights import load_weights  # noqa: E402
 from bone_apps.dlfit.choices import architecture_choices, encoder_choices  # noqa: E402
 from bone_apps.dlfit.pairs import PROBLEM_BG, VALIDATION  # noqa: E402
 from bone_apps.dlfit.tips import plain_options  # noqa: E402
@@ -356,7 +356,7 @@ def test_offered_encoders_build_and_left_out_ones_do_not():
     import segmentation_models_pytorch as smp
     import torch
 
-    from bone_apps.core.models import list_encoders
+    from bone_apps.core.model.models import list_encoders
 
     def builds(arch: str, encoder: str) -> bool:
         try:

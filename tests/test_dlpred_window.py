@@ -13,11 +13,11 @@ torch = pytest.importorskip("torch")
 from PySide6.QtCore import Qt, QTimer  # noqa: E402
 from PySide6.QtWidgets import QApplication, QLabel, QMessageBox  # noqa: E402
 
-from bone_apps.core.models import build_model  # noqa: E402
-from bone_apps.core.predict import ScanStarted, SliceProgress, StatsProgress  # noqa: E402
-from bone_apps.core.volume import open_volume  # noqa: E402
-from bone_apps.core.weights import save_weights  # noqa: E402
-from bone_apps.core.writer import write_volume  # noqa: E402
+from bone_apps.core.io.volume import open_volume  # noqa: E402
+from bone_apps.core.io.writer import write_volume  # noqa: E402
+from bone_apps.core.model.models import build_model  # noqa: E402
+from bone_apps.core.model.weights import save_weights  # noqa: E402
+from bone_apps.core.predict.segment import ScanStarted, SliceProgress, StatsProgress  # noqa: E402
 from bone_apps.dlpred import bridge  # noqa: E402
 from bone_apps.dlpred.window import DLPredWindow  # noqa: E402
 

@@ -20,7 +20,7 @@ from bone_apps.core.evaluate.rank import rank, sweep  # noqa: E402
 from bone_apps.core.evaluate.results import read_experiment  # noqa: E402
 from bone_apps.core.evaluate.runs import RunStarted, fit_action  # noqa: E402
 from bone_apps.core.evaluate.summary import cell_text, table6_markdown, table6_rows  # noqa: E402
-from bone_apps.core.fit import EpochEnd, StepProgress  # noqa: E402
+from bone_apps.core.fit.loop import EpochEnd, StepProgress  # noqa: E402
 from bone_apps.dlfit.window import DLFitWindow  # noqa: E402
 from bone_apps.iou.window import IoUWindow  # noqa: E402
 from bone_apps.ui.settings import AppSettings  # noqa: E402
@@ -30,7 +30,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 @pytest.fixture(scope="module")
 def four_scans(tmp_path_factory) -> Path:
-    from bone_apps.core.synthetic import write_sample_dataset
+    from bone_apps.core.data.synthetic import write_sample_dataset
 
     root = tmp_path_factory.mktemp("four")
     write_sample_dataset(root, scans=4, seed=3, shape=(8, 64, 64))

@@ -20,6 +20,7 @@ import torch
 import yaml
 
 from bone_apps.cli import main
+from bone_apps.core.data.normalize import normalize
 from bone_apps.core.export.bioimageio import (
     PAPER,
     check_package,
@@ -28,11 +29,10 @@ from bone_apps.core.export.bioimageio import (
 )
 from bone_apps.core.export.onnx import META_KEY, OPSET, OUTPUT_KEY, normalized_example
 from bone_apps.core.export.sample import block_stats, sample_block
-from bone_apps.core.models import build_model, required_multiple, set_border_padding
-from bone_apps.core.normalize import normalize
-from bone_apps.core.predict import load_model
-from bone_apps.core.volume import open_volume
-from bone_apps.core.weights import load_weights, save_weights
+from bone_apps.core.io.volume import open_volume
+from bone_apps.core.model.models import build_model, required_multiple, set_border_padding
+from bone_apps.core.model.weights import load_weights, save_weights
+from bone_apps.core.predict.segment import load_model
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -10,9 +10,10 @@ import threading
 import pytest
 import torch
 
-from bone_apps.core import fit as fit_module
 from bone_apps.core.errors import DataCheckError, FitConfigError, OutputExistsError
-from bone_apps.core.fit import (
+from bone_apps.core.fit import loop as fit_module
+from bone_apps.core.fit.config import FitConfig
+from bone_apps.core.fit.loop import (
     EpochEnd,
     FitFinished,
     FitMessage,
@@ -21,8 +22,7 @@ from bone_apps.core.fit import (
     fit,
     run_fit,
 )
-from bone_apps.core.fitconfig import FitConfig
-from bone_apps.core.weights import load_weights
+from bone_apps.core.model.weights import load_weights
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -209,7 +209,7 @@ def test_easy_mode_shrinks_patch_and_batch_to_the_data(sample_root, cache, tmp_p
 def test_bad_pairs_are_all_listed_before_fitting(sample_root, cache, tmp_path):
     import numpy as np
 
-    from bone_apps.core.writer import write_volume
+    from bone_apps.core.io.writer import write_volume
 
     scans = sorted((sample_root / "scans").iterdir())
     write_volume(tmp_path / "small_mask", np.zeros((16, 32, 32), np.uint8))
@@ -285,7 +285,7 @@ def test_mixed_precision_on_cuda(sample_root, cache, tmp_path):
 
 def test_stop_during_the_data_checks_ends_before_fitting(sample_root, tmp_path):
     from bone_apps.core.errors import Cancelled
-    from bone_apps.core.fit import fit
+    from bone_apps.core.fit.loop import fit
 
     stop = threading.Event()
     stop.set()  # pressed while the scans are still being checked

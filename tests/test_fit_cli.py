@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from bone_apps.cli import main
-from bone_apps.core.fitconfig import FitConfig
+from bone_apps.core.fit.config import FitConfig
 
 REPO = Path(__file__).resolve().parent.parent
 

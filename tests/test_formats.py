@@ -25,10 +25,10 @@ from ome_zarr.writer import write_image
 from test_predict import make_weights
 
 from bone_apps.cli import main
-from bone_apps.core import formats
+from bone_apps.core.data.synthetic import make_sample_scan
 from bone_apps.core.errors import VolumeError
-from bone_apps.core.synthetic import make_sample_scan
-from bone_apps.core.volume import open_volume, volume_id
+from bone_apps.core.io import formats
+from bone_apps.core.io.volume import open_volume, volume_id
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -232,7 +232,7 @@ def test_levels_are_chosen_by_number_or_by_their_path(dataset, sample):
     assert formats.at_level(scans["nii"], 0) == scans["nii"]
     with pytest.raises(VolumeError, match="one resolution level"):
         formats.at_level(scans["h5"], 1)
-    from bone_apps.core.pairs import pairs_from_paths, with_level
+    from bone_apps.core.data.pairs import pairs_from_paths, with_level
 
     (pair,) = with_level(pairs_from_paths([(scans["z05"], scans["z04"])]), 1)
     assert (pair.id, pair.scan, pair.mask) == ("femur_z05", scans["z05"] / "s1", scans["z04"] / "s1")
@@ -241,8 +241,8 @@ def test_levels_are_chosen_by_number_or_by_their_path(dataset, sample):
 def test_fitting_patches_are_the_same_from_every_format(dataset):
     """The fit sampler memory-maps what it can and reads the other formats' slices: the
     patches (and so the fit) do not depend on the format."""
-    from bone_apps.core.normalize import compute_stats
-    from bone_apps.core.sampling import AugmentConfig, Dims, PatchBatches, PatchLayout, ScanSource
+    from bone_apps.core.data.normalize import compute_stats
+    from bone_apps.core.data.sampling import AugmentConfig, Dims, PatchBatches, PatchLayout, ScanSource
 
     _, scans, masks = dataset
     layout = PatchLayout(Dims.D25, patch=32, patches_per_tile=2, max_overlap=0.5, context=1)
@@ -332,7 +332,7 @@ def test_labels_join_the_ome_zarr_scans_labels_group(dataset, weights, predicted
     from ome_zarr.io import parse_url
     from ome_zarr.reader import Label, Reader
 
-    from bone_apps.core.formats.zarr import labels_listed
+    from bone_apps.core.io.formats.zarr import labels_listed
 
     _, scans, _ = dataset
     common = ["--weights", str(weights), "--device", "cpu", "--chunk", "64", "--overlap", "0"]
@@ -410,10 +410,10 @@ def test_predict_names_an_hdf5_dataset_by_its_path(dataset, weights, tmp_path):
 
 
 def test_dataset_roots_list_and_pair_every_format(dataset, tmp_path):
-    from bone_apps.core.pairs import check_pairs, pairs_from_root
-    from bone_apps.core.predict import scans_in
-    from bone_apps.core.stack_kind import label_stack_reason
-    from bone_apps.core.writer import write_volume
+    from bone_apps.core.data.pairs import check_pairs, pairs_from_root
+    from bone_apps.core.io.stack_kind import label_stack_reason
+    from bone_apps.core.io.writer import write_volume
+    from bone_apps.core.predict.segment import scans_in
 
     root, scans, masks = dataset
     mixed = tmp_path / "mixed"
@@ -513,7 +513,7 @@ def test_overwrite_never_replaces_volumes_bone_apps_did_not_write(dataset, weigh
         assert "bone_apps did not write" in err or "not written by bone_apps" in err, err
     assert {**hashes(outs), **{f"image/{k}": v for k, v in hashes(image).items()}} == before
     # Outputs bone_apps wrote are replaced.
-    from bone_apps.core.writer import write_volume
+    from bone_apps.core.io.writer import write_volume
 
     for name in ("ours.ome.zarr", "ours.nii.gz", "ours.h5"):
         write_volume(tmp_path / name, np.full(SHAPE, 7, np.uint8))

@@ -15,10 +15,13 @@ import pytest
 import torch
 
 from bone_apps.cli import main as bone
-from bone_apps.core.slice_validation import InferenceSettings
-from bone_apps.core.synthetic import write_sample_dataset
-from bone_apps.core.volume import open_volume
-from bone_apps.core.weights import load_weights
+from bone_apps.core.data.synthetic import write_sample_dataset
+from bone_apps.core.fit.slice_validation import InferenceSettings
+from bone_apps.core.io.volume import open_volume
+from bone_apps.core.model.weights import load_weights
+
+# The module's fit (six epochs of five scans) runs in the first test's time.
+pytestmark = pytest.mark.timeout(900)
 
 PATCH = 64
 DEPTH = 32
@@ -99,7 +102,8 @@ def test_window_dependent_weights_make_prediction_default_to_patch_windows(fitte
     _, meta = load_weights(fitted / "run" / "model.pth")
     meta = {**meta, "inference": {**InferenceSettings.patch_sized(PATCH).to_dict(), "val_iou": 0.9,
                                   "agreement": 0.8, "window_dependent": True}}
-    from bone_apps.core.predict import PredictConfig, with_model_settings
+    from bone_apps.core.predict.config import PredictConfig
+    from bone_apps.core.predict.segment import with_model_settings
 
     config, note = with_model_settings(PredictConfig(scans=("s",), weights="w", out="o"), meta)
     assert (config.chunk, config.overlap, config.blend.value) == (PATCH, 0.5, "gaussian")

@@ -15,9 +15,9 @@ pytest.importorskip("PySide6")
 from PySide6.QtCore import Qt  # noqa: E402
 from PySide6.QtGui import QColor, QImage  # noqa: E402
 
-from bone_apps.core.error_map import ErrorKind, count_errors, error_map  # noqa: E402
-from bone_apps.core.volume import open_volume  # noqa: E402
-from bone_apps.core.writer import write_volume  # noqa: E402
+from bone_apps.core.io.volume import open_volume  # noqa: E402
+from bone_apps.core.io.writer import write_volume  # noqa: E402
+from bone_apps.core.score.error_map import ErrorKind, count_errors, error_map  # noqa: E402
 from bone_apps.iou.errors_tab import ERROR_COLOURS  # noqa: E402
 from bone_apps.iou.window import IoUWindow  # noqa: E402
 
@@ -176,7 +176,7 @@ RUNNING_JOB_SCRIPT = textwrap.dedent("""
     from pathlib import Path
     import numpy as np
     from PySide6.QtWidgets import QApplication
-    from bone_apps.core.writer import write_volume
+    from bone_apps.core.io.writer import write_volume
     from bone_apps.iou.window import IoUWindow
 
     def main(folder):

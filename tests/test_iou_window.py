@@ -12,8 +12,8 @@ pytest.importorskip("PySide6")
 from PySide6.QtCore import Qt  # noqa: E402
 from PySide6.QtWidgets import QApplication, QMessageBox  # noqa: E402
 
-from bone_apps.core.volume import open_volume  # noqa: E402
-from bone_apps.core.writer import write_volume  # noqa: E402
+from bone_apps.core.io.volume import open_volume  # noqa: E402
+from bone_apps.core.io.writer import write_volume  # noqa: E402
 from bone_apps.iou.window import IoUWindow  # noqa: E402
 
 

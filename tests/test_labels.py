@@ -15,19 +15,19 @@ import numpy as np
 import pytest
 
 from bone_apps.cli import main
+from bone_apps.core.data.pairs import _value_counts, check_pairs, label_counts_task, pairs_from_paths
 from bone_apps.core.errors import DataCheckError, FitConfigError, LabelError, WeightsError
-from bone_apps.core.fitconfig import FitConfig
-from bone_apps.core.labels import (
+from bone_apps.core.fit.config import FitConfig
+from bone_apps.core.io.labels import (
     MAX_LABEL_VALUES,
     LabelMap,
     check_class_names,
     label_map_for,
     too_many_values,
 )
-from bone_apps.core.pairs import _value_counts, check_pairs, label_counts_task, pairs_from_paths
-from bone_apps.core.scoring import compute_iou
-from bone_apps.core.volume import open_volume
-from bone_apps.core.writer import write_volume
+from bone_apps.core.io.volume import open_volume
+from bone_apps.core.io.writer import write_volume
+from bone_apps.core.score.scoring import compute_iou
 
 VALUES = (0, 128, 255)
 
@@ -135,9 +135,9 @@ def test_cli_fit_refuses_repeated_names_before_any_work(sample_root, tmp_path, c
 
 
 def test_weights_with_clashing_names_are_refused(tmp_path):
-    from bone_apps.core.models import build_model
-    from bone_apps.core.predict import load_model
-    from bone_apps.core.weights import save_weights
+    from bone_apps.core.model.models import build_model
+    from bone_apps.core.model.weights import save_weights
+    from bone_apps.core.predict.segment import load_model
 
     model = build_model("2d", "Unet", "resnet18", 1, 2)
     meta = {"dims": "2d", "arch": "Unet", "encoder": "resnet18", "in_channels": 1, "classes": 2,
@@ -154,7 +154,7 @@ def test_weights_with_clashing_names_are_refused(tmp_path):
 
 def test_a_16bit_scan_as_mask_is_refused_before_anything_is_allocated(sample_root, tmp_path,
                                                                       monkeypatch, capsys):
-    import bone_apps.core.fit as fit_module
+    import bone_apps.core.fit.loop as fit_module
 
     def never(*_args, **_kwargs):
         raise AssertionError("a model was built from a scan's values")
@@ -276,7 +276,7 @@ def test_masks_without_0_keep_their_values(sample_root, tmp_path):
 
 
 def test_patches_carry_classes_not_values(sample_root, tmp_path):
-    from bone_apps.core.sampling import Dims, PatchBatches, PatchLayout, ScanSource
+    from bone_apps.core.data.sampling import Dims, PatchBatches, PatchLayout, ScanSource
 
     pairs = _revalued_masks(sample_root, tmp_path, n=1)
     summary = check_pairs(pairs_from_paths(pairs), workers=1)
@@ -291,7 +291,7 @@ def test_patches_carry_classes_not_values(sample_root, tmp_path):
 
 def test_iou_by_value_equals_the_in_memory_result(tmp_path):
     """Slices of small labels and slices of 0/100/200 in one stack: the counts add up exactly."""
-    from bone_apps.core.metrics import confusion_matrix, scores_from_confusion
+    from bone_apps.core.score.metrics import confusion_matrix, scores_from_confusion
 
     rng = np.random.default_rng(3)
     reference = rng.choice(np.array([0, 100, 200], np.uint8), (6, 40, 30))

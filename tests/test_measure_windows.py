@@ -14,6 +14,8 @@ from PySide6.QtCore import Qt  # noqa: E402
 from PySide6.QtWidgets import QApplication, QMessageBox  # noqa: E402
 from test_predict import make_weights  # noqa: E402
 
+from bone_apps.core.io.volume import open_volume  # noqa: E402
+from bone_apps.core.io.writer import write_volume  # noqa: E402
 from bone_apps.core.measure.compare import (  # noqa: E402
     KEY_MEASURES,
     compare_stacks,
@@ -21,9 +23,7 @@ from bone_apps.core.measure.compare import (  # noqa: E402
     difference_text,
     measure_text,
 )
-from bone_apps.core.morphometry import MeasureOptions, measure  # noqa: E402
-from bone_apps.core.volume import open_volume  # noqa: E402
-from bone_apps.core.writer import write_volume  # noqa: E402
+from bone_apps.core.measure.morphometry import MeasureOptions, measure  # noqa: E402
 from bone_apps.dlpred.window import DLPredWindow  # noqa: E402
 from bone_apps.iou.window import IoUWindow  # noqa: E402
 
@@ -235,8 +235,8 @@ def test_iou_morphometry_asks_for_a_voxel_size_neither_mask_records(iou, qtbot, 
 
 
 def test_comparison_refuses_two_voxel_sizes_and_shows_a_label_one_mask_lacks(tmp_path):
-    from bone_apps.core.morphometry import MorphometryError
-    from bone_apps.core.volume import VoxelSize
+    from bone_apps.core.io.volume import VoxelSize
+    from bone_apps.core.measure.morphometry import MorphometryError
 
     mask = np.zeros((8, 24, 24), np.uint8)
     mask[2:6, 4:20, 4:12] = 1

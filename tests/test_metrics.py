@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 
 from bone_apps.core.errors import LabelError, ShapeMismatchError
-from bone_apps.core.metrics import (
+from bone_apps.core.io.writer import write_volume
+from bone_apps.core.score.metrics import (
     confusion_matrix,
     confusion_matrix_torch,
     scores_from_confusion,
 )
-from bone_apps.core.scoring import compute_iou, result_csv, score_stacks, write_result_json
-from bone_apps.core.writer import write_volume
+from bone_apps.core.score.scoring import compute_iou, result_csv, score_stacks, write_result_json
 
 
 def test_hand_computed_case():

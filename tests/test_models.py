@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bone_apps.core import models
 from bone_apps.core.errors import BoneAppsError, PretrainedUnavailableError
-from bone_apps.core.models import (
+from bone_apps.core.model import models
+from bone_apps.core.model.models import (
     build_model,
     list_architectures,
     list_encoders,

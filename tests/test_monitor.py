@@ -8,12 +8,12 @@ import time
 
 import pytest
 
-from bone_apps.core.monitor import ResourceMonitor, cuda_available_cheaply, tree_rss_bytes
+from bone_apps.core.jobs.monitor import ResourceMonitor, cuda_available_cheaply, tree_rss_bytes
 
 _GROWTH_PROBE = """
 import threading, time
 import numpy as np, psutil
-from bone_apps.core.monitor import ResourceMonitor
+from bone_apps.core.jobs.monitor import ResourceMonitor
 with ResourceMonitor(interval=0.05) as monitor:
     time.sleep(0.2)
     before = monitor.peak_rss_bytes

@@ -11,11 +11,11 @@ import pytest
 import tifffile
 
 import bone_apps.cli as cli
+from bone_apps.core.io.volume import VoxelSize, open_volume
+from bone_apps.core.io.writer import write_volume
 from bone_apps.core.measure import thickness
 from bone_apps.core.measure.euler import euler_eighths
-from bone_apps.core.morphometry import MeasureOptions, measure
-from bone_apps.core.volume import VoxelSize, open_volume
-from bone_apps.core.writer import write_volume
+from bone_apps.core.measure.morphometry import MeasureOptions, measure
 
 KEYS = ("label", "name", "BV/TV", "TV", "BV", "BS/BV", "Tb.Th", "Tb.Th.SD", "Tb.Sp", "Tb.Sp.SD",
         "Tb.N", "Conn", "Conn.D")
@@ -250,7 +250,7 @@ def test_a_stopped_measurement_raises_cancelled(tmp_path):
     import threading
 
     from bone_apps.core.errors import Cancelled
-    from bone_apps.core.morphometry import measure_stacks
+    from bone_apps.core.measure.morphometry import measure_stacks
 
     write_volume(tmp_path / "ball.tif", ball(4), voxel_size=VoxelSize(5, 5, 5))
     stop = threading.Event()

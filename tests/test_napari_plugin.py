@@ -23,6 +23,7 @@ import pytest
 import torch
 from test_predict import make_weights
 
+from bone_apps.core.data.synthetic import make_sample_scan
 from bone_apps.core.errors import (
     Cancelled,
     LabelError,
@@ -30,12 +31,12 @@ from bone_apps.core.errors import (
     VolumeError,
     WeightsError,
 )
-from bone_apps.core.jobs import run_to_end
-from bone_apps.core.predict import PredictConfig, SliceProgress, run_predict
-from bone_apps.core.segment_array import ArrayVolume, SegmentStarted, segment_array
-from bone_apps.core.synthetic import make_sample_scan
-from bone_apps.core.volume import open_volume
-from bone_apps.core.writer import write_volume
+from bone_apps.core.io.volume import open_volume
+from bone_apps.core.io.writer import write_volume
+from bone_apps.core.jobs.run import run_to_end
+from bone_apps.core.predict.config import PredictConfig
+from bone_apps.core.predict.segment import SliceProgress, run_predict
+from bone_apps.core.predict.segment_array import ArrayVolume, SegmentStarted, segment_array
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -62,8 +63,8 @@ def weights(tmp_path_factory) -> dict[str, Path]:
 
 def weights_with_values(path: Path, values: list[int]) -> Path:
     """A 2D model whose masks held `values` (written back in place of class indices)."""
-    from bone_apps.core.models import build_model, required_multiple
-    from bone_apps.core.weights import save_weights
+    from bone_apps.core.model.models import build_model, required_multiple
+    from bone_apps.core.model.weights import save_weights
 
     torch.manual_seed(2)
     model = build_model("2d", "Unet", "resnet18", 1, len(values))
@@ -385,7 +386,7 @@ def test_open_segment_and_score_an_ome_zarr_scan_in_napari(qtbot, viewer, plugin
     import napari
     import npe2
 
-    from bone_apps.core.scoring import compute_iou
+    from bone_apps.core.score.scoring import compute_iou
     from bone_apps.napari_plugin.score_widget import ScoreLabelsWidget
     from bone_apps.napari_plugin.segment_widget import SegmentBoneWidget
 

@@ -8,9 +8,8 @@ import os
 import numpy as np
 import pytest
 
-from bone_apps.core import normalize as norm
-from bone_apps.core.errors import BoneAppsError
-from bone_apps.core.normalize import (
+from bone_apps.core.data import normalize as norm
+from bone_apps.core.data.normalize import (
     NormMethod,
     ScanStats,
     compute_stats,
@@ -18,8 +17,9 @@ from bone_apps.core.normalize import (
     normalize,
     value_range,
 )
-from bone_apps.core.volume import open_volume
-from bone_apps.core.writer import write_volume
+from bone_apps.core.errors import BoneAppsError
+from bone_apps.core.io.volume import open_volume
+from bone_apps.core.io.writer import write_volume
 
 
 def _volume(tmp_path, data, name="scan", multipage=False):
@@ -124,14 +124,14 @@ def test_a_script_without_a_main_guard_is_told_what_to_do(tmp_path):
     import subprocess
     import sys
 
-    from bone_apps.core.synthetic import write_sample_dataset
+    from bone_apps.core.data.synthetic import write_sample_dataset
 
     write_sample_dataset(tmp_path / "data", scans=2, seed=0, shape=(4, 32, 32))
     scans = tmp_path / "data" / "scans"
     script = tmp_path / "no_guard.py"
     script.write_text(
         "from bone_apps.core.errors import BoneAppsError\n"
-        "from bone_apps.core.normalize import run_volume_tasks, stats_task\n"
+        "from bone_apps.core.data.normalize import run_volume_tasks, stats_task\n"
         f"scans = [r'{scans / 'bone_00'}', r'{scans / 'bone_01'}']\n"
         "try:\n"
         "    run_volume_tasks([(stats_task, s, 'stats') for s in scans], workers=2)\n"

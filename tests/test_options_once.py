@@ -7,10 +7,10 @@ from dataclasses import MISSING, fields
 
 import pytest
 
-from bone_apps.core.devices import DEVICE_CHOICES, gpu_indices, parse_devices
 from bone_apps.core.errors import BoneAppsError, FitConfigError, PredictConfigError
-from bone_apps.core.predict import PredictConfig
-from bone_apps.core.slice_validation import InferenceSettings
+from bone_apps.core.fit.slice_validation import InferenceSettings
+from bone_apps.core.jobs.devices import DEVICE_CHOICES, gpu_indices, parse_devices
+from bone_apps.core.predict.config import PredictConfig
 
 CORE_DEFAULTS = {f.name: f.default for f in fields(PredictConfig) if f.default is not MISSING}
 
@@ -87,15 +87,15 @@ def test_gpu_indices():
 
 
 def _no_cuda(monkeypatch):
-    import bone_apps.core.monitor as monitor
+    import bone_apps.core.jobs.monitor as monitor
 
     monkeypatch.setattr(monitor, "cuda_available_cheaply", lambda: False)
 
 
 @pytest.mark.parametrize("text", ["cuda", "cuda:1", "cuda:0,1", "cuda:all"])
 def test_cuda_forms_parse_everywhere_and_fail_at_resolve_without_a_gpu(monkeypatch, tmp_path, text):
-    from bone_apps.core import scoring
-    from bone_apps.core.predict import resolve_devices
+    from bone_apps.core.predict.segment import resolve_devices
+    from bone_apps.core.score import scoring
 
     _no_cuda(monkeypatch)
     monkeypatch.setattr(scoring, "cuda_available_cheaply", lambda: False)
@@ -107,8 +107,8 @@ def test_cuda_forms_parse_everywhere_and_fail_at_resolve_without_a_gpu(monkeypat
 
 
 def test_auto_and_cpu_resolve_to_the_cpu_without_a_gpu(monkeypatch):
-    from bone_apps.core import scoring
-    from bone_apps.core.predict import resolve_devices
+    from bone_apps.core.predict.segment import resolve_devices
+    from bone_apps.core.score import scoring
 
     _no_cuda(monkeypatch)
     monkeypatch.setattr(scoring, "cuda_available_cheaply", lambda: False)
@@ -117,8 +117,8 @@ def test_auto_and_cpu_resolve_to_the_cpu_without_a_gpu(monkeypatch):
 
 
 def test_fit_refuses_an_unknown_device_in_the_shared_words():
-    from bone_apps.core import ddp
-    from bone_apps.core.fit import _Devices
+    from bone_apps.core.fit.loop import _Devices
+    from bone_apps.core.jobs import ddp
 
     with pytest.raises(FitConfigError, match="cuda:0,1 or cuda:all"):
         _Devices("quantum", ddp.DistInfo())

@@ -23,9 +23,9 @@ import tifffile
 from test_predict import make_weights
 
 from bone_apps.cli import main
-from bone_apps.core import outputs
 from bone_apps.core.errors import ForeignFilesError, OutputLockedError, OutputWriteError
-from bone_apps.core.writer import VolumeWriter, write_volume
+from bone_apps.core.io import outputs
+from bone_apps.core.io.writer import VolumeWriter, write_volume
 
 SHAPE = (16, 64, 64)
 
@@ -383,7 +383,7 @@ def test_a_refused_fit_keeps_the_earlier_run_and_leaves_nothing(sample_root, tmp
 
 
 def test_dlpred_replace_checkbox_path_refuses_a_foreign_folder(weights, tmp_path):
-    from bone_apps.core.predict import run_predict
+    from bone_apps.core.predict.segment import run_predict
     from bone_apps.dlpred.bridge import make_config
     from bone_apps.dlpred.options import OptionValues
 

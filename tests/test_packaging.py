@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from bone_apps.core import startlog
+from bone_apps.core.desktop import startlog
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEC = ROOT / "packaging" / "bone_apps.spec"
@@ -77,7 +77,7 @@ def test_the_bundle_leaves_out_nothing_the_programs_import() -> None:
         "build_parser()\n"
         "import bone_apps.dlfit.window, bone_apps.dlpred.window, bone_apps.iou.window\n"
         "import torch, torchvision, segmentation_models_pytorch, monai, torchmetrics\n"
-        "import bone_apps.core.fit, bone_apps.core.predict, bone_apps.core.scoring\n"
+        "import bone_apps.core.fit.loop, bone_apps.core.predict.segment, bone_apps.core.score.scoring\n"
         "print(json.dumps(sorted(sys.modules)))\n")
     env = dict(os.environ, QT_QPA_PLATFORM="offscreen")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,

@@ -13,6 +13,7 @@ import pytest
 import tifffile
 import torch
 
+from bone_apps.core.data.normalize import compute_stats
 from bone_apps.core.errors import (
     Cancelled,
     ForeignFilesError,
@@ -21,11 +22,12 @@ from bone_apps.core.errors import (
     VolumeError,
     WeightsError,
 )
-from bone_apps.core.normalize import compute_stats
-from bone_apps.core.predict import (
+from bone_apps.core.io.volume import VoxelSize, open_volume
+from bone_apps.core.io.writer import write_volume
+from bone_apps.core.predict.config import PredictConfig
+from bone_apps.core.predict.segment import (
     ChunkRunner,
     ModelSpec,
-    PredictConfig,
     ScanFinished,
     ScanStarted,
     SliceProgress,
@@ -37,9 +39,7 @@ from bone_apps.core.predict import (
     scans_in,
     segment_volume,
 )
-from bone_apps.core.volume import VoxelSize, open_volume
-from bone_apps.core.windows import BlendMode
-from bone_apps.core.writer import write_volume
+from bone_apps.core.predict.windows import BlendMode
 
 CLASS_NAMES = ["background", "bone", "pores"]
 MODELS = {  # dims -> (architecture, encoder, in_channels, context, patch_depth)
@@ -51,8 +51,8 @@ MODELS = {  # dims -> (architecture, encoder, in_channels, context, patch_depth)
 
 def make_weights(path: Path, dims: str = "2d", seed: int = 0, norm: str = "zscore") -> Path:
     """A randomly initialised tiny model saved as a complete weights file."""
-    from bone_apps.core.models import build_model, required_multiple
-    from bone_apps.core.weights import save_weights
+    from bone_apps.core.model.models import build_model, required_multiple
+    from bone_apps.core.model.weights import save_weights
 
     arch, encoder, channels, context, depth = MODELS[dims]
     torch.manual_seed(seed)
@@ -380,7 +380,7 @@ def test_out_of_memory_halves_the_batch_and_gives_the_same_labels(label_scan):
 
 
 def test_automatic_cpu_batch_gathers_small_chunks_but_not_large_ones(weights):
-    from bone_apps.core.predict import load_model
+    from bone_apps.core.predict.segment import load_model
 
     model, _, spec = load_model(weights["2d"])
     assert choose_batch(model, ["cpu"], (1, 64, 64), 3, chunks=1000, multiple=32) == 64

@@ -10,9 +10,10 @@ from scipy import ndimage
 from test_predict import config, make_weights, read, scan_of
 
 from bone_apps.cli import main
-from bone_apps.core.cleanup import CleanError, CleanOptions, clean_labels
-from bone_apps.core.predict import (
-    PredictConfig,
+from bone_apps.core.model.weights import save_weights
+from bone_apps.core.predict.cleanup import CleanError, CleanOptions, clean_labels
+from bone_apps.core.predict.config import PredictConfig
+from bone_apps.core.predict.segment import (
     PredictReport,
     ScanCleaning,
     ScanResult,
@@ -20,7 +21,6 @@ from bone_apps.core.predict import (
     predict,
     run_predict,
 )
-from bone_apps.core.weights import save_weights
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 MIN_ISLAND = 20

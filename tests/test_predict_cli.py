@@ -15,8 +15,8 @@ import pytest
 from test_predict import make_weights
 
 from bone_apps.cli import main
-from bone_apps.core.volume import open_volume
-from bone_apps.core.writer import write_volume
+from bone_apps.core.io.volume import open_volume
+from bone_apps.core.io.writer import write_volume
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ import pytest
 import tifffile
 
 from bone_apps.core.errors import VolumeError
-from bone_apps.core.volume import open_volume
+from bone_apps.core.io.volume import open_volume
 
 pytest.importorskip("imagecodecs")
 

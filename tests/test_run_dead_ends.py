@@ -16,7 +16,7 @@ import pytest
 
 from bone_apps.cli import main
 from bone_apps.core.errors import FitConfigError
-from bone_apps.core.fitconfig import FitConfig, resume_request, resumed_config
+from bone_apps.core.fit.config import FitConfig, resume_request, resumed_config
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = ["--patch", "32", "--batch", "8", "--init", "random", "--workers", "0", "--device", "cpu",
@@ -183,7 +183,7 @@ def test_synth_refuses_shapes_that_cannot_be_made(shape, text, tmp_path, capsys)
     err = _one_line(capsys, text)
     if "memory" in text:  # names a shape that fits, and it does
         largest = [int(n) for n in err.rstrip(".\n").split("--shape ")[-1].split()]
-        from bone_apps.core.synthetic import check_sample_request
+        from bone_apps.core.data.synthetic import check_sample_request
 
         check_sample_request(out, 1, largest)
     assert not out.exists()
@@ -265,7 +265,7 @@ def test_sigterm_ends_other_commands_with_one_line_and_no_half_files(tmp_path):
 def test_library_warnings_stay_out_of_the_terminal(tmp_path):
     code = (
         "import types, warnings\n"
-        "from bone_apps.core.runfiles import quiet_library_warnings\n"
+        "from bone_apps.core.fit.runfiles import quiet_library_warnings\n"
         "quiet_library_warnings()\n"
         "quiet_library_warnings()\n"
         "def module(name):\n"
@@ -302,7 +302,7 @@ def test_library_warnings_stay_out_of_the_terminal(tmp_path):
 def test_a_refused_fit_leaves_no_dead_end(sample_root, cache, tmp_path, capsys):
     import numpy as np
 
-    from bone_apps.core.writer import write_volume
+    from bone_apps.core.io.writer import write_volume
 
     bad = tmp_path / "bad_mask"
     write_volume(bad, np.zeros((16, 32, 32), np.uint8))

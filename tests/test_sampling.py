@@ -8,9 +8,8 @@ from itertools import combinations
 import numpy as np
 import pytest
 
-from bone_apps.core.errors import FitConfigError
-from bone_apps.core.normalize import compute_stats
-from bone_apps.core.sampling import (
+from bone_apps.core.data.normalize import compute_stats
+from bone_apps.core.data.sampling import (
     AugmentConfig,
     Dims,
     Geometry,
@@ -25,8 +24,9 @@ from bone_apps.core.sampling import (
     sample_positions,
     slab_starts,
 )
-from bone_apps.core.volume import open_volume
-from bone_apps.core.writer import write_volume
+from bone_apps.core.errors import FitConfigError
+from bone_apps.core.io.volume import open_volume
+from bone_apps.core.io.writer import write_volume
 
 NO_INTENSITY = AugmentConfig(p_brightness=0.0, p_contrast=0.0)
 
@@ -234,7 +234,7 @@ def test_3d_batches_are_slabs(coded):
 
 
 def test_loader_workers_give_the_same_batches_as_the_main_process(coded):
-    from bone_apps.core.loader import TRAIN, VAL, FitBatches, FitSampler, make_loader
+    from bone_apps.core.data.loader import TRAIN, VAL, FitBatches, FitSampler, make_loader
 
     train = PatchBatches(coded, _layout(), "zscore", 8, seed=3, train=True, augment=AugmentConfig())
     val = PatchBatches(coded, _layout(), "zscore", 8, seed=3, train=False)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from bone_apps.cli import shortcuts as cli
-from bone_apps.core import shortcuts
+from bone_apps.core.desktop import shortcuts
 
 ROOT = Path(__file__).resolve().parents[1]
 linux = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux .desktop entries")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from bone_apps.core.data.split import kfold_splits, read_split, split_scans, write_split
 from bone_apps.core.errors import FitConfigError
-from bone_apps.core.split import kfold_splits, read_split, split_scans, write_split
 
 
 @pytest.mark.parametrize("n", [2, 3, 5, 16, 21])
@@ -22,7 +22,7 @@ def test_no_scan_is_on_both_sides(n, fraction):
 
 
 def test_no_slice_leaks_because_slices_follow_their_scan(sample_root):
-    from bone_apps.core.pairs import pairs_from_root
+    from bone_apps.core.data.pairs import pairs_from_root
 
     pairs = pairs_from_root(sample_root)
     split = split_scans([p.id for p in pairs], 0.75, seed=42)

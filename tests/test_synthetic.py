@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from bone_apps.core.synthetic import BONE, PORES, make_sample_scan, write_sample_dataset
-from bone_apps.core.volume import open_volume
+from bone_apps.core.data.synthetic import BONE, PORES, make_sample_scan, write_sample_dataset
+from bone_apps.core.io.volume import open_volume
 
 
 def test_sample_scan_has_three_classes_and_bone_is_bright():

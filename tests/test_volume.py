@@ -10,8 +10,8 @@ import pytest
 import tifffile
 
 from bone_apps.core.errors import OutputExistsError, ShapeMismatchError, VolumeError
-from bone_apps.core.volume import VoxelSize, check_same_shape, natural_key, open_volume
-from bone_apps.core.writer import VolumeWriter, write_volume
+from bone_apps.core.io.volume import VoxelSize, check_same_shape, natural_key, open_volume
+from bone_apps.core.io.writer import VolumeWriter, write_volume
 
 VS = VoxelSize(z=12.5, y=10.0, x=10.0)
 
@@ -194,8 +194,8 @@ def test_multipage_output_above_4gb_would_be_bigtiff(tmp_path):
 def test_one_name_for_a_volume_whatever_its_form():
     """Pairs match and outputs are named on the same id: folder name or file name without
     .tif / .tiff / .ome.tif (an OME-TIFF scan pairs with a plain TIFF mask)."""
-    from bone_apps.core.predict import scan_id
-    from bone_apps.core.volume import volume_id
+    from bone_apps.core.io.volume import volume_id
+    from bone_apps.core.predict.segment import scan_id
 
     for name in ("femur_01", "femur_01.tif", "femur_01.TIFF", "femur_01.ome.tif", "femur_01.ome.tiff"):
         assert volume_id(Path("data") / name) == "femur_01"

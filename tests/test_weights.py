@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from bone_apps.core.errors import WeightsError
-from bone_apps.core.models import build_model, model_from_meta
-from bone_apps.core.weights import (
+from bone_apps.core.model.models import build_model, model_from_meta
+from bone_apps.core.model.weights import (
     WEIGHTS_FORMAT,
     load_weights,
     save_weights,

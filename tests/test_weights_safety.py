@@ -13,8 +13,8 @@ import torch
 
 from bone_apps.cli import main
 from bone_apps.core.errors import WeightsError
-from bone_apps.core.models import build_model
-from bone_apps.core.weights import WEIGHTS_FORMAT, load_weights, save_weights
+from bone_apps.core.model.models import build_model
+from bone_apps.core.model.weights import WEIGHTS_FORMAT, load_weights, save_weights
 
 
 def _meta(**changes) -> dict:

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from bone_apps.core.errors import PredictConfigError
-from bone_apps.core.windows import (
+from bone_apps.core.predict.windows import (
     AxisPlan,
     BlendMode,
     SliceAccumulator,

@@ -14,7 +14,7 @@ torch = pytest.importorskip("torch")
 from PySide6.QtCore import Qt  # noqa: E402
 from PySide6.QtWidgets import QApplication  # noqa: E402
 
-from bone_apps.core.writer import write_volume  # noqa: E402
+from bone_apps.core.io.writer import write_volume  # noqa: E402
 from bone_apps.dlfit.pairs import CHECK  # noqa: E402
 from bone_apps.dlfit.window import DLFitWindow  # noqa: E402
 from bone_apps.dlpred.window import DLPredWindow  # noqa: E402
@@ -82,8 +82,8 @@ def test_dlpred_left_column_widens_and_path_fields_show_full_paths(dlpred, qtbot
 
 def _finished_run(out, sample_root):
     """The files DLPred needs from a finished fit: best weights and a completed summary."""
-    from bone_apps.core.models import build_model
-    from bone_apps.core.weights import save_weights
+    from bone_apps.core.model.models import build_model
+    from bone_apps.core.model.weights import save_weights
 
     torch.manual_seed(0)
     model = build_model("2d", "Unet", "resnet18", in_channels=1, classes=3)
@@ -132,7 +132,7 @@ def _pixels(view) -> bytes:
 
 
 def test_slice_view_contrast_black_white_and_auto(dlpred, qtbot, sample_root, artifacts_dir):
-    from bone_apps.core.volume import open_volume
+    from bone_apps.core.io.volume import open_volume
 
     dlpred.scan.set_path(sample_root / "scans" / "bone_00")
     qtbot.waitUntil(lambda: not dlpred.inputs.busy() and dlpred.preview.volume is not None,

@@ -15,7 +15,7 @@ pytest.importorskip("PySide6")
 
 from PySide6.QtWidgets import QApplication, QFileDialog, QMessageBox  # noqa: E402
 
-from bone_apps.core import models  # noqa: E402
+from bone_apps.core.model import models  # noqa: E402
 from bone_apps.dlfit.choices import dilation_unsupported_in_smp  # noqa: E402
 from bone_apps.dlfit.tips import EASY_RECIPE  # noqa: E402
 from bone_apps.dlfit.window import DLFitWindow  # noqa: E402
@@ -87,7 +87,7 @@ def test_progress_texts_count_from_one_and_estimate_only_when_meaningful(dlfit, 
 
 def test_easy_run_says_the_patch_and_batch_it_uses(dlfit, qtbot, sample_root, tmp_path,
                                                   monkeypatch, artifacts_dir):
-    from bone_apps.core.fit import FitMessage
+    from bone_apps.core.fit.loop import FitMessage
 
     started = []
     monkeypatch.setattr(dlfit.runner, "start", lambda config, **kw: started.append(config))

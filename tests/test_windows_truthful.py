@@ -20,12 +20,12 @@ torch = pytest.importorskip("torch")
 from PySide6.QtCore import Qt  # noqa: E402
 from PySide6.QtWidgets import QApplication, QMessageBox  # noqa: E402
 
-from bone_apps.core.models import build_model  # noqa: E402
-from bone_apps.core.pairs import pairs_from_root  # noqa: E402
-from bone_apps.core.stack_kind import dataset_root_problem, label_stack_reason  # noqa: E402
-from bone_apps.core.volume import open_volume  # noqa: E402
-from bone_apps.core.weights import save_weights  # noqa: E402
-from bone_apps.core.writer import write_volume  # noqa: E402
+from bone_apps.core.data.pairs import pairs_from_root  # noqa: E402
+from bone_apps.core.io.stack_kind import dataset_root_problem, label_stack_reason  # noqa: E402
+from bone_apps.core.io.volume import open_volume  # noqa: E402
+from bone_apps.core.io.writer import write_volume  # noqa: E402
+from bone_apps.core.model.models import build_model  # noqa: E402
+from bone_apps.core.model.weights import save_weights  # noqa: E402
 from bone_apps.dlpred import bridge  # noqa: E402
 from bone_apps.dlpred.window import DLPredWindow  # noqa: E402
 from bone_apps.iou.window import IoUWindow  # noqa: E402

@@ -50,7 +50,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     once), other commands remove the outputs they had not finished. Exit codes: 0 done,
     2 a problem the message explains, 130 Ctrl-C, 143 SIGTERM.
     """
-    from bone_apps.core.runfiles import quiet_library_warnings
+    from bone_apps.core.fit.runfiles import quiet_library_warnings
 
     quiet_library_warnings()
     previous = None
@@ -81,7 +81,7 @@ def _run(argv: Sequence[str] | None) -> int:
     except OSError as exc:
         # A full disk, a read-only folder or a vanished folder met outside the writers that
         # already say so in one sentence (e.g. while saving a checkpoint).
-        from bone_apps.core.outputs import HANDLED_ERRNOS, os_error_sentence
+        from bone_apps.core.io.outputs import HANDLED_ERRNOS, os_error_sentence
 
         if exc.errno not in HANDLED_ERRNOS:
             raise

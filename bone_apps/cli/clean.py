@@ -29,7 +29,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from bone_apps.core.cleanup import CleanOptions, clean_mask
+    from bone_apps.core.predict.cleanup import CleanOptions, clean_mask
 
     options = CleanOptions(largest=tuple(args.largest or ()), min_island=args.min_island,
                            fill_holes=args.fill_holes)

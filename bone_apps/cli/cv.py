@@ -82,8 +82,8 @@ class ExperimentConsole:
     def _progress(self, event) -> None:
         from tqdm import tqdm
 
-        from bone_apps.core.fit import FitMessage
-        from bone_apps.core.predict import ScanStarted, SliceProgress
+        from bone_apps.core.fit.loop import FitMessage
+        from bone_apps.core.predict.segment import ScanStarted, SliceProgress
 
         if isinstance(event, FitMessage):
             if event.level == "note":  # the setup lines are in the run's fit.log
@@ -95,7 +95,7 @@ class ExperimentConsole:
         elif isinstance(event, SliceProgress):
             if self.bar is not None:
                 self.bar.update(event.done - self.bar.n)
-        elif type(event).__module__ == "bone_apps.core.fit":
+        elif type(event).__module__ == "bone_apps.core.fit.loop":
             self.fit.show(event)
 
 

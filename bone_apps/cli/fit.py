@@ -54,8 +54,8 @@ def add_fit_options(parser: argparse.ArgumentParser, leave_out: Collection[str] 
     """Add the options of `bone fit` to `parser`, in its groups, except those whose destination
     is in `leave_out` (`bone cv` and `bone bench` take the fit options, less a few of their own).
     Options left out read as not given in build_config."""
-    from bone_apps.core.devices import DEVICE_FORMS
-    from bone_apps.core.formats import LEVEL_HELP
+    from bone_apps.core.io.formats import LEVEL_HELP
+    from bone_apps.core.jobs.devices import DEVICE_FORMS
 
     def group(title: str) -> _Group:
         return _Group(parser.add_argument_group(title), leave_out)
@@ -142,7 +142,7 @@ def add_fit_options(parser: argparse.ArgumentParser, leave_out: Collection[str] 
 
 
 def list_models_text() -> str:
-    from bone_apps.core.models import list_architectures, list_encoders
+    from bone_apps.core.model.models import list_architectures, list_encoders
 
     return ("architectures (2D/2.5D): " + ", ".join(a for a in list_architectures()
                                                     if a != "BasicUNet")
@@ -155,7 +155,7 @@ def list_models_text() -> str:
 def build_config(args: argparse.Namespace):
     """FitConfig from defaults, then --config, then flags; Easy mode when no model option."""
     from bone_apps.core.errors import FitConfigError
-    from bone_apps.core.fitconfig import FitConfig
+    from bone_apps.core.fit.config import FitConfig
 
     values, given, from_file = _options(args)
     if not values.get("out"):
@@ -171,7 +171,7 @@ def resume_config(args: argparse.Namespace):
     """The run in --resume DIR with the options given now (--config and flags): only those
     count, and the engine refuses any that may not change (fitconfig.resumed_config)."""
     from bone_apps.core.errors import FitConfigError
-    from bone_apps.core.fitconfig import FitConfig, resume_request
+    from bone_apps.core.fit.config import FitConfig, resume_request
 
     run = Path(args.resume).expanduser()
     config_file = run / "config.json"
@@ -196,8 +196,8 @@ def _options(args: argparse.Namespace, augmentation: dict | None = None) -> tupl
     """Options from --config, overridden by the flags given: (all values, values given as
     flags, names from the file). Flags left out are not in either. --aug-* flags change the
     file's augmentation, else `augmentation`, else the defaults."""
-    from bone_apps.core.fitconfig import FitConfig
-    from bone_apps.core.sampling import AugmentConfig
+    from bone_apps.core.data.sampling import AugmentConfig
+    from bone_apps.core.fit.config import FitConfig
 
     values: dict = {}
     if getattr(args, "config", None) is not None:
@@ -228,7 +228,7 @@ def _options(args: argparse.Namespace, augmentation: dict | None = None) -> tupl
 def _adopt_model_from_weights(values: dict, given: dict, from_file: set) -> None:
     """Transfer learning: take dims, architecture, encoder and context from the weights file
     unless they were given."""
-    from bone_apps.core.weights import load_weights
+    from bone_apps.core.model.weights import load_weights
 
     _, meta = load_weights(Path(values["init"]))
     for key, meta_key in (("dims", "dims"), ("arch", "arch"), ("encoder", "encoder")):
@@ -293,7 +293,7 @@ def run(args: argparse.Namespace) -> int:
     resume = args.resume is not None
     config = resume_config(args) if resume else build_config(args)
 
-    from bone_apps.core.fit import fit
+    from bone_apps.core.fit.loop import fit
 
     rank = int(os.environ.get("RANK", "0"))
     console = FitConsole(enabled=rank == 0)
@@ -341,7 +341,7 @@ class FitConsole:
     def show(self, event):
         from tqdm import tqdm
 
-        from bone_apps.core.fit import (
+        from bone_apps.core.fit.loop import (
             EpochEnd,
             FitFinished,
             FitMessage,

@@ -10,8 +10,8 @@ _PROGRESS_MIN_SLICES = 8
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from bone_apps.core.devices import DEVICE_CHOICES, DEVICE_FORMS
-    from bone_apps.core.formats import LEVEL_HELP, VOLUME_HELP
+    from bone_apps.core.io.formats import LEVEL_HELP, VOLUME_HELP
+    from bone_apps.core.jobs.devices import DEVICE_CHOICES, DEVICE_FORMS
 
     parser = subparsers.add_parser(
         "iou", help="class-wise and mean IoU and Dice of a prediction against a reference",
@@ -55,11 +55,11 @@ def format_table(result) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from bone_apps.core.formats import at_level
-    from bone_apps.core.jobs import run_to_end
-    from bone_apps.core.outputs import check_target
-    from bone_apps.core.scoring import score_stacks, write_result_json
-    from bone_apps.core.volume import open_volume
+    from bone_apps.core.io.formats import at_level
+    from bone_apps.core.io.outputs import check_target
+    from bone_apps.core.io.volume import open_volume
+    from bone_apps.core.jobs.run import run_to_end
+    from bone_apps.core.score.scoring import score_stacks, write_result_json
 
     if args.json:
         check_target(args.json, args.overwrite)  # before the work, not after

@@ -8,7 +8,7 @@ from pathlib import Path
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from bone_apps.core.formats import LEVEL_HELP, VOLUME_HELP
+    from bone_apps.core.io.formats import LEVEL_HELP, VOLUME_HELP
 
     parser = subparsers.add_parser(
         "measure", help="bone morphometry of a mask in mm: BV/TV, BS/BV, Tb.Th, Tb.Sp, Tb.N, Conn.D, "
@@ -48,7 +48,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _voxel_size(values: list[float] | None) -> tuple[float, float, float] | None:
-    from bone_apps.core.morphometry import MorphometryError
+    from bone_apps.core.measure.morphometry import MorphometryError
 
     if values is None:
         return None
@@ -61,15 +61,15 @@ def _voxel_size(values: list[float] | None) -> tuple[float, float, float] | None
 
 
 def run(args: argparse.Namespace) -> int:
-    from bone_apps.core.formats import at_level
-    from bone_apps.core.jobs import run_to_end
-    from bone_apps.core.morphometry import (
+    from bone_apps.core.io.formats import at_level
+    from bone_apps.core.io.outputs import check_target, write_json_file
+    from bone_apps.core.jobs.run import run_to_end
+    from bone_apps.core.measure.morphometry import (
         MeasureOptions,
         check_csv_target,
         measure_stacks,
         write_csv_file,
     )
-    from bone_apps.core.outputs import check_target, write_json_file
 
     if args.json:
         check_target(args.json, args.overwrite)  # before the work, not after

@@ -22,11 +22,11 @@ def _batch(text: str) -> int | None:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from bone_apps.core.devices import DEVICE_FORMS
-    from bone_apps.core.formats import LEVEL_HELP, VOLUME_HELP, VolumeFormat
-    from bone_apps.core.predict import PredictConfig
-    from bone_apps.core.slice_validation import InferenceSettings
-    from bone_apps.core.windows import BlendMode
+    from bone_apps.core.fit.slice_validation import InferenceSettings
+    from bone_apps.core.io.formats import LEVEL_HELP, VOLUME_HELP, VolumeFormat
+    from bone_apps.core.jobs.devices import DEVICE_FORMS
+    from bone_apps.core.predict.config import PredictConfig
+    from bone_apps.core.predict.windows import BlendMode
 
     # Defaults are PredictConfig's; None for chunk, overlap and blend means "from the weights",
     # whose fallback for weights that say nothing is the paper's InferenceSettings.
@@ -117,7 +117,7 @@ class _Progress:
                         dynamic_ncols=True, **kwargs)
 
     def __call__(self, event) -> None:
-        from bone_apps.core.predict import ScanCleaning, ScanStarted, SliceProgress, StatsProgress
+        from bone_apps.core.predict.segment import ScanCleaning, ScanStarted, SliceProgress, StatsProgress
 
         if isinstance(event, StatsProgress):
             if self.kind != "stats":
@@ -141,12 +141,13 @@ class _Progress:
 
 
 def run(args: argparse.Namespace) -> int:
-    from bone_apps.core.cleanup import CleanOptions
+    from bone_apps.core.data.normalize import default_cache_dir
     from bone_apps.core.errors import PredictConfigError
-    from bone_apps.core.formats import at_level
-    from bone_apps.core.jobs import run_to_end
-    from bone_apps.core.normalize import default_cache_dir
-    from bone_apps.core.predict import PredictConfig, predict, scans_in
+    from bone_apps.core.io.formats import at_level
+    from bone_apps.core.jobs.run import run_to_end
+    from bone_apps.core.predict.cleanup import CleanOptions
+    from bone_apps.core.predict.config import PredictConfig
+    from bone_apps.core.predict.segment import predict, scans_in
 
     if args.data is not None and args.scans:
         raise PredictConfigError("name scans or give --data ROOT, not both.")

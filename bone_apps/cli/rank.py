@@ -51,7 +51,7 @@ def ranking_text(ranking, sweep: list[dict]) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from bone_apps.core.evaluate.rank import rank, read_bench, sweep
-    from bone_apps.core.outputs import check_target, write_json_file
+    from bone_apps.core.io.outputs import check_target, write_json_file
 
     if args.json is not None:
         check_target(args.json, args.overwrite)  # before any work

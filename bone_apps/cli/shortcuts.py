@@ -20,7 +20,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from bone_apps.core import shortcuts
+    from bone_apps.core.desktop import shortcuts
 
     if args.remove:
         removed = shortcuts.remove_all()

@@ -21,7 +21,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from bone_apps.core.synthetic import write_sample_dataset
+    from bone_apps.core.data.synthetic import write_sample_dataset
 
     ids = write_sample_dataset(args.out, args.scans, args.seed, tuple(args.shape), args.overwrite)
     z, y, x = args.shape

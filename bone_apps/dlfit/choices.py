@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from functools import cache
 
-from bone_apps.core import models
+from bone_apps.core.model import models
 
 # Architectures whose encoder must produce dilated (output stride 8/16) features.
 _DILATED = {"DeepLabV3", "DeepLabV3Plus", "PAN"}

@@ -24,11 +24,11 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from bone_apps.core.data.pairs import pairs_from_paths
 from bone_apps.core.errors import BoneAppsError
 from bone_apps.core.evaluate.bench import BenchResult, BenchUpdated, bench
 from bone_apps.core.evaluate.cv import CVConfig, CVResult, CVUpdated, cross_validate
 from bone_apps.core.evaluate.results import BENCH, CV, read_experiment
-from bone_apps.core.pairs import pairs_from_paths
 from bone_apps.dlfit.experiment_form import CV_TAB, GRID_TAB, ExperimentForm
 from bone_apps.dlfit.experiment_progress import ExperimentProgress
 from bone_apps.dlfit.tips import plain_options

@@ -23,8 +23,8 @@ from bone_apps.core.errors import BoneAppsError
 from bone_apps.core.evaluate.bench import BenchConfig, grid
 from bone_apps.core.evaluate.cv import CVConfig
 from bone_apps.core.evaluate.folds import DEFAULT_ORDER_SEED
-from bone_apps.core.fitconfig import FitConfig
-from bone_apps.core.models import SMP_ENCODERS
+from bone_apps.core.fit.config import FitConfig
+from bone_apps.core.model.models import SMP_ENCODERS
 from bone_apps.dlfit.choices import architecture_choices, encoder_choices
 
 CV_TAB, GRID_TAB = 0, 1

@@ -8,10 +8,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from bone_apps.core import fit as fit_records
-from bone_apps.core import predict as predict_records
 from bone_apps.core.evaluate.runs import RunProgress, RunStarted, ScanScored
-from bone_apps.core.scoring import ScoreProgress
+from bone_apps.core.fit import loop as fit_records
+from bone_apps.core.predict import segment as predict_records
+from bone_apps.core.score.scoring import ScoreProgress
 
 ACTIONS = {"fit": "fitting", "refit": "fitting again (the earlier attempt saved no checkpoint)",
            "resume": "resuming its fit from the checkpoint", "kept": "fit finished earlier, kept"}

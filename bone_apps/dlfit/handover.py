@@ -6,7 +6,7 @@ from pathlib import Path
 
 from PySide6.QtWidgets import QMainWindow
 
-from bone_apps.core import runfiles
+from bone_apps.core.fit import runfiles
 from bone_apps.dlfit.runner import run_status
 
 

@@ -20,13 +20,13 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from bone_apps.core.data.normalize import NormMethod
+from bone_apps.core.data.sampling import AugmentConfig, Dims
 from bone_apps.core.errors import BoneAppsError
-from bone_apps.core.fitconfig import PRECISIONS, FitConfig
-from bone_apps.core.losses import LOSSES, OPTIMIZERS, SCHEDULERS
-from bone_apps.core.models import REQUIRED_MULTIPLE_2D, REQUIRED_MULTIPLE_3D
-from bone_apps.core.normalize import NormMethod
-from bone_apps.core.sampling import AugmentConfig, Dims
-from bone_apps.core.weights import load_weights, summarize_meta
+from bone_apps.core.fit.config import PRECISIONS, FitConfig
+from bone_apps.core.model.losses import LOSSES, OPTIMIZERS, SCHEDULERS
+from bone_apps.core.model.models import REQUIRED_MULTIPLE_2D, REQUIRED_MULTIPLE_3D
+from bone_apps.core.model.weights import load_weights, summarize_meta
 from bone_apps.dlfit.choices import architecture_choices, encoder_choices
 from bone_apps.dlfit.tips import TIPS, TORCHRUN_NOTE
 from bone_apps.ui.pickers import WEIGHTS_FILTER, WEIGHTS_TITLE, PathPicker

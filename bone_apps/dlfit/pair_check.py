@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from bone_apps.core.errors import BoneAppsError
-from bone_apps.core.labels import MAX_LABEL_VALUES, label_map_for, too_many_values, value_preview
-from bone_apps.core.volume import check_same_shape, open_volume
+from bone_apps.core.io.labels import MAX_LABEL_VALUES, label_map_for, too_many_values, value_preview
+from bone_apps.core.io.volume import check_same_shape, open_volume
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from PySide6.QtCore import Signal
 from PySide6.QtWidgets import QLabel, QVBoxLayout, QWidget
 
 from bone_apps.core.errors import BoneAppsError
-from bone_apps.core.volume import Volume, open_volume
+from bone_apps.core.io.volume import Volume, open_volume
 from bone_apps.dlfit.pairs import PairsPanel
 from bone_apps.ui.slice_view import SliceView
 

@@ -31,8 +31,8 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from bone_apps.core.data.pairs import pairs_from_root
 from bone_apps.core.errors import BoneAppsError
-from bone_apps.core.pairs import pairs_from_root
 from bone_apps.dlfit.pair_check import PairCheck, check_queue
 from bone_apps.ui.pickers import VOLUME_FILTER
 from bone_apps.ui.settings import AppSettings

@@ -9,10 +9,18 @@ from pathlib import Path
 
 from PySide6.QtCore import QObject, QTimer, Signal
 
-from bone_apps.core import runfiles
-from bone_apps.core.fit import EpochEnd, FitFinished, FitMessage, FitResult, StatsProgress, StepProgress, fit
-from bone_apps.core.fitconfig import FitConfig
-from bone_apps.core.monitor import tree_rss_bytes
+from bone_apps.core.fit.config import FitConfig
+from bone_apps.core.fit.loop import (
+    EpochEnd,
+    FitFinished,
+    FitMessage,
+    FitResult,
+    StatsProgress,
+    StepProgress,
+    fit,
+    runfiles,
+)
+from bone_apps.core.jobs.monitor import tree_rss_bytes
 from bone_apps.dlfit.curves import FitMonitor, format_bytes, format_duration
 from bone_apps.dlfit.tips import plain_options
 from bone_apps.ui.worker import JobWorker

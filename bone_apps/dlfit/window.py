@@ -24,11 +24,11 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from bone_apps.core import runfiles
+from bone_apps.core.data.pairs import pairs_from_paths
 from bone_apps.core.errors import BoneAppsError
-from bone_apps.core.fit import FitMessage
-from bone_apps.core.fitconfig import FitConfig, easy_config, resume_request, resumed_config
-from bone_apps.core.pairs import pairs_from_paths
+from bone_apps.core.fit import runfiles
+from bone_apps.core.fit.config import FitConfig, easy_config, resume_request, resumed_config
+from bone_apps.core.fit.loop import FitMessage
 from bone_apps.dlfit.curves import FitMonitor
 from bone_apps.dlfit.dialogs import ask_about_earlier_run, choose_config_file
 from bone_apps.dlfit.handover import finished_model, open_dlpred

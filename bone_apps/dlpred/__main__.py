@@ -9,7 +9,7 @@ def main() -> int:
     import multiprocessing
 
     multiprocessing.freeze_support()  # first: spawned workers of a bundle must not start the app
-    from bone_apps.core.startlog import launch
+    from bone_apps.core.desktop.startlog import launch
 
     return launch("dlpred", _start)
 

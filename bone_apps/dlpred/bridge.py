@@ -18,8 +18,10 @@ from pathlib import Path
 import numpy as np
 
 from bone_apps.core.errors import VolumeError
-from bone_apps.core.predict import (
-    PredictConfig,
+from bone_apps.core.io.stack_kind import dataset_root_problem, is_dataset_root, label_stack_reason
+from bone_apps.core.io.volume import Volume, open_volume
+from bone_apps.core.predict.config import PredictConfig
+from bone_apps.core.predict.segment import (
     PredictEvent,
     PredictReport,
     ScanStarted,
@@ -28,8 +30,6 @@ from bone_apps.core.predict import (
     predict,
     scan_id,
 )
-from bone_apps.core.stack_kind import dataset_root_problem, is_dataset_root, label_stack_reason
-from bone_apps.core.volume import Volume, open_volume
 from bone_apps.dlpred.options import OptionValues
 
 PREDICTIONS_FOLDER = "predictions"  # a dataset's outputs: ROOT/predictions/<id>_labels
@@ -53,7 +53,7 @@ def default_output(scan: Path) -> Path:
     outside scans/ and masks/, so the output is never taken for a scan or a mask of the
     dataset; any other scan gets its output next to it.
     """
-    from bone_apps.core import formats
+    from bone_apps.core.io import formats
 
     name = f"{scan_id(scan)}_labels{formats.own_suffix(scan)}"
     where = formats.location(scan)  # the file or folder holding the scan (an HDF5 file, a store)
@@ -93,14 +93,14 @@ def matching_mask(scan: Path | None) -> Path | None:
 
 def read_meta(path: Path) -> dict:
     """The metadata of a weights file (WeightsError with one sentence when it is not usable)."""
-    from bone_apps.core.predict import ModelSpec
+    from bone_apps.core.predict.segment import ModelSpec
 
     if Path(path).suffix.lower() == ".onnx":  # written by bone export: metadata inside
         from bone_apps.core.export.runtime import load_onnx_model
 
         meta = load_onnx_model(Path(path))[1]
     else:
-        from bone_apps.core.weights import load_weights
+        from bone_apps.core.model.weights import load_weights
 
         _state, meta = load_weights(path)
     ModelSpec.from_meta(meta, path)  # the same checks prediction makes, shown at once
@@ -136,7 +136,7 @@ def _names(paths: list, shown: int = 4) -> str:
 
 def describe_meta(meta: dict) -> str:
     """The weights' summary lines, plus what the model was fitted on when the file says."""
-    from bone_apps.core.weights import summarize_meta
+    from bone_apps.core.model.weights import summarize_meta
 
     lines = summarize_meta(meta).splitlines()
     data = fitted_on(meta)

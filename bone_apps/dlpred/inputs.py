@@ -12,7 +12,7 @@ from pathlib import Path
 from PySide6.QtCore import Qt, QTimer, Signal
 from PySide6.QtWidgets import QCheckBox, QFileDialog, QFormLayout, QGroupBox, QLabel, QWidget
 
-from bone_apps.core.volume import Volume
+from bone_apps.core.io.volume import Volume
 from bone_apps.dlpred import bridge
 from bone_apps.ui.background import BackgroundTask, join_worker
 from bone_apps.ui.pickers import MODEL_FILTER, WEIGHTS_TITLE, PathPicker

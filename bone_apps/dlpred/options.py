@@ -19,8 +19,8 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from bone_apps.core.predict import PredictConfig
-from bone_apps.core.slice_validation import InferenceSettings
+from bone_apps.core.fit.slice_validation import InferenceSettings
+from bone_apps.core.predict.config import PredictConfig
 from bone_apps.ui.settings import AppSettings
 
 # The engine's defaults; chunk, overlap and blend are None there ("from the weights"), so the

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from bone_apps.core.errors import VolumeError
-from bone_apps.core.volume import Volume, open_volume
+from bone_apps.core.io.volume import Volume, open_volume
 
 # The preview keeps at most this many bytes of freshly written slices (the newest ones): a
 # scan of any length costs the same memory; older slices show once the output is complete.

@@ -22,11 +22,11 @@ from PySide6.QtWidgets import (
 )
 
 from bone_apps.core.errors import BoneAppsError
-from bone_apps.core.monitor import gpu_count
-from bone_apps.core.predict import PredictReport
-from bone_apps.core.slice_validation import InferenceSettings
-from bone_apps.core.stack_kind import dataset_root_problem
-from bone_apps.core.volume import Volume
+from bone_apps.core.fit.slice_validation import InferenceSettings
+from bone_apps.core.io.stack_kind import dataset_root_problem
+from bone_apps.core.io.volume import Volume
+from bone_apps.core.jobs.monitor import gpu_count
+from bone_apps.core.predict.segment import PredictReport
 from bone_apps.dlpred import bridge
 from bone_apps.dlpred.inputs import InputsBox
 from bone_apps.dlpred.measure import LabelsMeasureView

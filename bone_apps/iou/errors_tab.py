@@ -7,8 +7,8 @@ from collections.abc import Sequence
 import numpy as np
 from PySide6.QtWidgets import QComboBox, QHBoxLayout, QLabel, QVBoxLayout, QWidget
 
-from bone_apps.core.error_map import ErrorCounts, count_errors, error_map
-from bone_apps.core.volume import Volume
+from bone_apps.core.io.volume import Volume
+from bone_apps.core.score.error_map import ErrorCounts, count_errors, error_map
 from bone_apps.ui.slice_view import SliceView
 
 # Indexed by ErrorKind: agreement is never tinted; orange and blue stay apart for colour-blind eyes.

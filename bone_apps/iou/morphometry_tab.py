@@ -16,7 +16,7 @@ from bone_apps.core.measure.compare import (
     measure_heading,
     measure_text,
 )
-from bone_apps.core.morphometry import MeasureOptions
+from bone_apps.core.measure.morphometry import MeasureOptions
 from bone_apps.ui.dialogs import show_error
 from bone_apps.ui.measures import Job, MeasureView, number_item
 

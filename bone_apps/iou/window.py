@@ -28,10 +28,10 @@ from PySide6.QtWidgets import (
 )
 
 from bone_apps.core.errors import BoneAppsError
-from bone_apps.core.metrics import IoUResult
-from bone_apps.core.outputs import write_atomic
-from bone_apps.core.scoring import ScoreProgress, result_csv, score_stacks, write_result_json
-from bone_apps.core.volume import Volume, check_same_shape, open_volume
+from bone_apps.core.io.outputs import write_atomic
+from bone_apps.core.io.volume import Volume, check_same_shape, open_volume
+from bone_apps.core.score.metrics import IoUResult
+from bone_apps.core.score.scoring import ScoreProgress, result_csv, score_stacks, write_result_json
 from bone_apps.iou.errors_tab import ErrorsTab
 from bone_apps.iou.evaluation_tab import EvaluationTab
 from bone_apps.iou.morphometry_tab import MorphometryTab

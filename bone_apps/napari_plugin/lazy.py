@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from bone_apps.core.volume import Volume
+from bone_apps.core.io.volume import Volume
 
 
 class VolumeArray:

@@ -16,9 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from bone_apps.core import formats
-from bone_apps.core.stack_kind import label_stack_reason
-from bone_apps.core.volume import Volume, list_tiff_files, open_volume, volume_id
+from bone_apps.core.io import formats
+from bone_apps.core.io.stack_kind import label_stack_reason
+from bone_apps.core.io.volume import Volume, list_tiff_files, open_volume, volume_id
 from bone_apps.napari_plugin.lazy import VolumeArray
 
 LayerData = tuple[Any, dict, str]  # (data, layer keyword arguments, layer type)

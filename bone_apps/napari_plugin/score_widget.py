@@ -9,9 +9,9 @@ from magicgui.widgets import CheckBox, ComboBox, Label, LineEdit, Table
 from napari.layers import Labels
 
 from bone_apps.core.errors import BoneAppsError
-from bone_apps.core.metrics import IoUResult
-from bone_apps.core.scoring import ScoreProgress, score_stacks
-from bone_apps.core.segment_array import ArrayVolume
+from bone_apps.core.predict.segment_array import ArrayVolume
+from bone_apps.core.score.metrics import IoUResult
+from bone_apps.core.score.scoring import ScoreProgress, score_stacks
 from bone_apps.napari_plugin.job_widget import Job, JobWidget, layers_of, level0
 
 if TYPE_CHECKING:

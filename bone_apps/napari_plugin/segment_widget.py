@@ -10,8 +10,9 @@ from magicgui.widgets import CheckBox, ComboBox, FileEdit, FloatSpinBox, SpinBox
 from napari.layers import Image
 
 from bone_apps.core.errors import BoneAppsError
-from bone_apps.core.predict import PredictConfig, SliceProgress
-from bone_apps.core.segment_array import ArraySegmentation, SegmentStarted, segment_array
+from bone_apps.core.predict.config import PredictConfig
+from bone_apps.core.predict.segment import SliceProgress
+from bone_apps.core.predict.segment_array import ArraySegmentation, SegmentStarted, segment_array
 from bone_apps.napari_plugin.job_widget import Job, JobWidget, layers_of, level0
 
 if TYPE_CHECKING:
@@ -22,7 +23,7 @@ DEFAULTS = {f.name: f.default for f in fields(PredictConfig)}  # prediction's de
 
 def device_choices() -> list[tuple[str, str]]:
     """(text, device) for the device list: automatic, CPU, then each GPU (found without torch)."""
-    from bone_apps.core.monitor import gpu_count
+    from bone_apps.core.jobs.monitor import gpu_count
 
     return [("Automatic (a GPU when present)", "auto"), ("CPU", "cpu")] + [
         (f"GPU {i}", f"cuda:{i}") for i in range(gpu_count())]

@@ -1,6 +1,6 @@
 """Start a desktop app: one QApplication, a window, the event loop.
 
-A failure while the app starts goes to the start log (bone_apps.core.startlog), whose place is
+A failure while the app starts goes to the start log (bone_apps.core.desktop.startlog), whose place is
 named in a dialog when Qt can show one and on stderr when there is one.
 
 BONE_APPS_QUIT_AFTER=<seconds> closes the window that long after it is shown and ends the app
@@ -16,7 +16,7 @@ from collections.abc import Callable
 from PySide6.QtCore import QTimer, QtMsgType, qInstallMessageHandler
 from PySide6.QtWidgets import QApplication, QMessageBox, QWidget
 
-from bone_apps.core import startlog
+from bone_apps.core.desktop import startlog
 
 QUIT_AFTER = "BONE_APPS_QUIT_AFTER"
 
@@ -47,7 +47,7 @@ def run_app(name: str, make_window: Callable[[], QWidget]) -> int:
 
     Returns the event loop's exit code, or 1 when the app could not start (logged).
     """
-    from bone_apps.core.runfiles import quiet_library_warnings
+    from bone_apps.core.fit.runfiles import quiet_library_warnings
 
     quiet_library_warnings()  # library chatter stays out of the terminal the app was started from
     app = QApplication.instance()

@@ -1,6 +1,6 @@
 """A morphometry view the apps share: voxel size, run and stop, progress, a table, save JSON / CSV.
 
-The measuring itself is a core generator (core/morphometry.py, core/measure/compare.py) run in
+The measuring itself is a core generator (core/measure/morphometry.py, core/measure/compare.py) run in
 a JobWorker; a subclass says which job to run and how to fill the table with its result.
 """
 
@@ -27,7 +27,7 @@ from PySide6.QtWidgets import (
 )
 
 from bone_apps.core.errors import BoneAppsError
-from bone_apps.core.outputs import write_atomic, write_json_file
+from bone_apps.core.io.outputs import write_atomic, write_json_file
 from bone_apps.ui.background import join_worker
 from bone_apps.ui.dialogs import show_error
 from bone_apps.ui.worker import JobWorker

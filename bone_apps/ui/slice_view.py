@@ -27,7 +27,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from bone_apps.core.volume import Volume
+from bone_apps.core.io.volume import Volume
 from bone_apps.ui.contrast import ContrastBar, percentile_range
 
 # Label 0 (background) is never tinted; then green bone and blue pores as in the paper's figures.

@@ -40,7 +40,7 @@ from bone_apps.core.evaluate.runs import (
     run_config,
     write_json,
 )
-from bone_apps.core.fitconfig import FitConfig
+from bone_apps.core.fit.config import FitConfig
 
 KIND = "benchmark"
 BENCH_JSON = "bench.json"
@@ -137,8 +137,8 @@ class BenchFinished:
 
 def _check_specs(config: BenchConfig) -> list[BenchSpec]:
     """The grid with registry spellings, refused before any work when a name is unknown."""
-    from bone_apps.core.models import canonical_architecture, check_encoder
-    from bone_apps.core.sampling import Dims
+    from bone_apps.core.data.sampling import Dims
+    from bone_apps.core.model.models import canonical_architecture, check_encoder
 
     if not config.configs:
         raise FitConfigError("no configuration was given: give --configs ARCH:ENCODER:PATCH ... or "

@@ -31,8 +31,8 @@ from bone_apps.core.evaluate.runs import (
     run_config,
     write_json,
 )
-from bone_apps.core.fitconfig import FitConfig
-from bone_apps.core.outputs import write_atomic
+from bone_apps.core.fit.config import FitConfig
+from bone_apps.core.io.outputs import write_atomic
 
 KIND = "cross-validation"
 FOLDS_JSON, CV_JSON, CV_CSV, CV_MD, CV_PNG = "folds.json", "cv.json", "cv.csv", "cv.md", "cv.png"

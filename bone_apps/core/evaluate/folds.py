@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from bone_apps.core.data.split import Split, split_scans
 from bone_apps.core.errors import FitConfigError
-from bone_apps.core.split import Split, split_scans
 
 DEFAULT_ORDER_SEED = 42
 _HEADER_WORDS = re.compile(r"^(order|scan( id)?|id|test fold|fold|#)$", re.IGNORECASE)

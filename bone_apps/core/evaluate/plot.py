@@ -9,7 +9,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from bone_apps.core.outputs import atomic_target, output_error
+from bone_apps.core.io.outputs import atomic_target, output_error
 
 _MARKERS = "osD^v<>ph*"
 

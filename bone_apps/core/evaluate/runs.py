@@ -19,10 +19,11 @@ from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bone_apps.core import outputs, runfiles
+from bone_apps.core.data.pairs import ScanPair, pairs_from_paths, pairs_from_root
 from bone_apps.core.errors import Cancelled, OutputExistsError
-from bone_apps.core.fitconfig import FitConfig
-from bone_apps.core.pairs import ScanPair, pairs_from_paths, pairs_from_root
+from bone_apps.core.fit import runfiles
+from bone_apps.core.fit.config import FitConfig
+from bone_apps.core.io import outputs
 
 PRED = "pred"
 # What a run does with its fit: fit anew, start again over an unfinished run that never saved
@@ -223,7 +224,7 @@ def prediction_target(folder: Path, scan: ScanPair) -> Path:
 def predictions_in(folder: Path) -> dict[str, Path]:
     """The finished label stacks in `folder`, by scan ID. A stack of ours is complete: it was
     written under a temporary name and renamed when its last slice was in."""
-    from bone_apps.core.volume import volume_id
+    from bone_apps.core.io.volume import volume_id
 
     if not Path(folder).is_dir():
         return {}
@@ -242,7 +243,7 @@ def execute_run(plan: RunPlan, root: Path, index: int, total: int,
     Raises:
         BoneAppsError: whatever the fit, the prediction or the scoring refuses.
     """
-    from bone_apps.core.fit import fit
+    from bone_apps.core.fit.loop import fit
 
     out = Path(plan.config.out)
     action = fit_action(out)
@@ -296,8 +297,9 @@ def _predict(plan: RunPlan, index: int, total: int,
              stop: threading.Event) -> Generator[object, None, None]:
     """Predict the held-out scans that have no label stack yet, in one prediction run (one
     model load, one statistics pass) with the settings the fit validated."""
-    from bone_apps.core.normalize import default_cache_dir
-    from bone_apps.core.predict import PredictConfig, predict
+    from bone_apps.core.data.normalize import default_cache_dir
+    from bone_apps.core.predict.config import PredictConfig
+    from bone_apps.core.predict.segment import predict
 
     config = plan.config
     folder = Path(config.out) / PRED
@@ -319,7 +321,7 @@ def _score(plan: RunPlan, scan: ScanPair, target: Path, class_names: Sequence[st
            index: int, total: int, stop: threading.Event) -> Generator[object, None, dict]:
     """One held-out scan's scores (its labels in `target`) against its mask: a row of
     RunOutcome.rows."""
-    from bone_apps.core.scoring import score_stacks
+    from bone_apps.core.score.scoring import score_stacks
 
     job = score_stacks(scan.mask, target, class_names=class_names, device=plan.config.device, stop=stop)
     result = yield from _forward(job, index, total, plan.label)

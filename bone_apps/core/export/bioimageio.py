@@ -52,7 +52,7 @@ from bone_apps.core.export.onnx import (
 if TYPE_CHECKING:
     import torch
 
-    from bone_apps.core.predict import ModelSpec
+    from bone_apps.core.predict.segment import ModelSpec
 
 LICENSE = "CC-BY-4.0"
 PAPER = {
@@ -81,7 +81,7 @@ _COLOURS = np.array([(0, 0, 0), (240, 200, 60), (220, 60, 60), (60, 130, 230), (
 
 def preprocessing(norm: str, axes: list[str]) -> list[dict]:
     """The rdf's preprocessing steps for a normalization, statistics over `axes` of a sample."""
-    from bone_apps.core.normalize import P_HIGH, P_LOW, NormMethod, value_range
+    from bone_apps.core.data.normalize import P_HIGH, P_LOW, NormMethod, value_range
 
     method = NormMethod.parse(norm)
     low, high = value_range(method)
@@ -97,7 +97,7 @@ def preprocessing(norm: str, axes: list[str]) -> list[dict]:
 def preprocess(raw: np.ndarray, norm: str) -> np.ndarray:
     """`raw` (B, C, ...) normalized as the rdf's preprocessing says: each sample with its own
     statistics over all its axes, then clipped (float32)."""
-    from bone_apps.core.normalize import P_HIGH, P_LOW, NormMethod, value_range
+    from bone_apps.core.data.normalize import P_HIGH, P_LOW, NormMethod, value_range
 
     method = NormMethod.parse(norm)
     data = raw.astype(np.float64)
@@ -185,8 +185,8 @@ def write_cover(normalized: np.ndarray, probabilities: np.ndarray, dims: str, pa
 
 
 def _readme(name: str, meta: dict, spec: ModelSpec, norm_steps: list[dict], checks: dict[str, float]) -> str:
-    from bone_apps.core.outputs import WRITTEN_BY
-    from bone_apps.core.weights import summarize_meta
+    from bone_apps.core.io.outputs import WRITTEN_BY
+    from bone_apps.core.model.weights import summarize_meta
 
     space = ", ".join(spatial_axes(spec.dims))
     mode = {"2d": "one slice at a time", "3d": "in 3D blocks",
@@ -329,7 +329,7 @@ def zip_is_ours(path: Path) -> bool:
     """Whether the zip at `path` is a bioimage.io package bone_apps wrote."""
     import yaml
 
-    from bone_apps.core.outputs import is_written_by_us
+    from bone_apps.core.io.outputs import is_written_by_us
 
     try:
         with zipfile.ZipFile(path) as archive:
@@ -401,7 +401,7 @@ def export_bioimageio(
     import torch
 
     from bone_apps.core.export.sample import sample_block
-    from bone_apps.core.outputs import atomic_target, check_target, output_error
+    from bone_apps.core.io.outputs import atomic_target, check_target, output_error
 
     spec_lib = require("bioimageio.spec")
     out = Path(out).expanduser()
@@ -461,7 +461,7 @@ def _rdf(spec_lib, meta: dict, spec: ModelSpec, name: str, description: str | No
     """The package's description (rdf.yaml) as plain data; files are named by FILES."""
     import torch
 
-    from bone_apps.core.outputs import WRITTEN_BY
+    from bone_apps.core.io.outputs import WRITTEN_BY
 
     inputs, outputs = _axes(spec)
     description = description or (f"{meta.get('arch')} ({meta.get('encoder')}, {spec.dims}) segmenting "

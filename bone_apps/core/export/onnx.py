@@ -102,7 +102,7 @@ def onnx_bytes(network: torch.nn.Module, example: torch.Tensor, dims: str, outpu
 
 def with_metadata(data: bytes, meta: dict, output: str) -> bytes:
     """The ONNX model `data` with bone_apps' metadata (the weights' meta) inside."""
-    from bone_apps.core.outputs import WRITTEN_BY
+    from bone_apps.core.io.outputs import WRITTEN_BY
 
     onnx = require("onnx")
     model = onnx.load_from_string(data)
@@ -167,8 +167,8 @@ def normalized_example(block: np.ndarray, norm: str) -> torch.Tensor:
     """The raw test block normalized with its own statistics, as a tensor."""
     import torch
 
+    from bone_apps.core.data.normalize import normalize
     from bone_apps.core.export.sample import block_stats
-    from bone_apps.core.normalize import normalize
 
     return torch.from_numpy(normalize(block, block_stats(block), norm))
 
@@ -193,7 +193,7 @@ class OnnxExport:
 
 def onnx_is_ours(path: Path) -> bool:
     """Whether the .onnx at `path` was written by bone_apps (its "written_by" metadata)."""
-    from bone_apps.core.outputs import is_written_by_us
+    from bone_apps.core.io.outputs import is_written_by_us
 
     try:
         model = require("onnx").load(str(path), load_external_data=False)
@@ -220,7 +220,7 @@ def export_onnx(weights: str | os.PathLike, out: str | os.PathLike, overwrite: b
         BoneAppsError: the network cannot be exported faithfully, or a library is missing.
     """
     from bone_apps.core.export.sample import sample_block
-    from bone_apps.core.outputs import atomic_target, check_target, output_error
+    from bone_apps.core.io.outputs import atomic_target, check_target, output_error
 
     out = Path(out).expanduser()
     check_exportable_target(out, ".onnx", overwrite, onnx_is_ours)
@@ -245,7 +245,7 @@ def load_fitted_model(weights: str | os.PathLike):
         WeightsError: not a usable weights file, or an .onnx (export starts from the .pth).
     """
     from bone_apps.core.errors import WeightsError
-    from bone_apps.core.predict import load_model
+    from bone_apps.core.predict.segment import load_model
 
     weights = Path(weights).expanduser()
     if weights.suffix.lower() == ".onnx":
@@ -260,7 +260,7 @@ def check_exportable_target(out: Path, suffix: str, overwrite: bool, ours) -> No
     Raises:
         BoneAppsError / OutputExistsError: it does not or is not.
     """
-    from bone_apps.core.outputs import check_target
+    from bone_apps.core.io.outputs import check_target
 
     if out.suffix.lower() != suffix:
         raise BoneAppsError(f"{out} does not end in {suffix}: give the output a name ending in {suffix}.")

@@ -85,7 +85,7 @@ def load_onnx_model(path: str | os.PathLike) -> tuple[OnnxNetwork, dict]:
         WeightsError: the file is missing, is not an ONNX model, was not written by bone
             export (no metadata), or its network does not match its metadata.
     """
-    from bone_apps.core.weights import REQUIRED_META
+    from bone_apps.core.model.weights import REQUIRED_META
 
     path = Path(path).expanduser()
     if path.is_dir():

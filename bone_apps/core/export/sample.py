@@ -14,11 +14,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from bone_apps.core.data.normalize import P_HIGH, P_LOW, ScanStats
 from bone_apps.core.errors import BoneAppsError
-from bone_apps.core.normalize import P_HIGH, P_LOW, ScanStats
 
 if TYPE_CHECKING:
-    from bone_apps.core.predict import ModelSpec
+    from bone_apps.core.predict.segment import ModelSpec
 
 TEST_SIDE_MAX = 256
 TEST_DEPTH_MAX = 64
@@ -54,12 +54,12 @@ def sample_block(spec: ModelSpec, meta: dict, scan: str | os.PathLike | None = N
     multiple = spec.required_multiple
     slices = depth if spec.dims == "3d" else 2 * spec.context + 1
     if scan is None:
-        from bone_apps.core.synthetic import make_sample_scan
+        from bone_apps.core.data.synthetic import make_sample_scan
 
         sample = make_sample_scan((max(16, slices), side, side), np.random.default_rng(SAMPLE_SEED))
         stack = sample.scan
     else:
-        from bone_apps.core.volume import open_volume
+        from bone_apps.core.io.volume import open_volume
 
         with open_volume(scan) as volume:
             nz, ny, nx = volume.shape

@@ -1,4 +1,4 @@
-"""Bone morphometry, one idea per module (the public entry point is core/morphometry.py).
+"""Bone morphometry, one idea per module (the public entry point is core/measure/morphometry.py).
 
 thickness.py   direct 3D local thickness (Hildebrand & Rueegsegger 1997), exact, in z-slabs
 surface.py     bone surface from a marching-cubes mesh

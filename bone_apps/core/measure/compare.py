@@ -15,11 +15,11 @@ from collections.abc import Generator
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
+from bone_apps.core.io.volume import Volume, open_volume
 from bone_apps.core.measure.report import UNITS, LabelMorphometry, MorphometryResult
-from bone_apps.core.volume import Volume, open_volume
 
 if TYPE_CHECKING:
-    from bone_apps.core.morphometry import MeasureOptions
+    from bone_apps.core.measure.morphometry import MeasureOptions
 
 # The measures a window shows for each label (every other one is in the JSON).
 KEY_MEASURES = ("BV/TV", "BS/BV", "Tb.Th", "Tb.Sp", "Tb.N", "Conn.D")
@@ -147,7 +147,7 @@ def compare_stacks(reference: str | os.PathLike | Volume, prediction: str | os.P
         MorphometryError: neither mask records a voxel size, or they record different ones.
         VolumeError, LabelError, Cancelled: as `measure_stacks`.
     """
-    from bone_apps.core.morphometry import MeasureOptions
+    from bone_apps.core.measure.morphometry import MeasureOptions
 
     options = options or MeasureOptions()
     stop = stop or threading.Event()
@@ -163,7 +163,7 @@ def compare_stacks(reference: str | os.PathLike | Volume, prediction: str | os.P
 
 def _measure_both(volumes: dict[str, Volume], options: MeasureOptions, stop: threading.Event,
                   ) -> Generator[PairProgress, None, MorphometryComparison]:
-    from bone_apps.core.morphometry import MorphometryError, measure_stacks
+    from bone_apps.core.measure.morphometry import MorphometryError, measure_stacks
 
     if options.voxel_size_um is None:
         sizes = {k: v.voxel_size for k, v in volumes.items()}

@@ -1,0 +1,1 @@
+"""Fitting a model: the configuration, the loop, checkpoints, the run folder and whole-slice validation."""

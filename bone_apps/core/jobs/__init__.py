@@ -1,0 +1,1 @@
+"""Running core work: generators driven to the end, devices, distributed runs and the resource monitor."""

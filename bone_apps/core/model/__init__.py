@@ -1,0 +1,1 @@
+"""The networks, their losses and the weights files that carry them."""

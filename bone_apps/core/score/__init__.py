@@ -1,0 +1,1 @@
+"""Scoring labels against a reference: confusion matrices, IoU and Dice, error maps."""
