@@ -87,9 +87,10 @@ def main() -> None:
     parser.add_argument("--dir", type=Path, default=None, help="scratch folder (default: /tmp)")
     args = parser.parse_args()
 
+    from bone_apps.core.data.augment import AugmentConfig
     from bone_apps.core.data.loader import default_workers
     from bone_apps.core.data.normalize import compute_stats
-    from bone_apps.core.data.sampling import AugmentConfig, Dims, PatchBatches, PatchLayout, ScanSource
+    from bone_apps.core.data.sampling import Dims, PatchBatches, PatchLayout, ScanSource
     from bone_apps.core.io.volume import open_volume
 
     scratch = Path(tempfile.mkdtemp(prefix="bench-loader-", dir=args.dir))

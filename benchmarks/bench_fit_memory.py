@@ -73,7 +73,8 @@ def child(args: argparse.Namespace) -> None:
     import torch
 
     from bone_apps.core.fit.config import FitConfig
-    from bone_apps.core.fit.loop import StepProgress, fit
+    from bone_apps.core.fit.loop import fit
+    from bone_apps.core.fit.records import StepProgress
     from bone_apps.core.jobs.monitor import ResourceMonitor
 
     torch.set_num_threads(max(1, (os.cpu_count() or 2) - 1))

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Build the one-folder bundle dist/bone_apps/ (bone, bone-dlfit, bone-dlpred, bone-iou) and zip it
-# (a dmg on macOS). One command, from anywhere:
+# (on macOS also dist/bone_apps.app, in a dmg). One command, from anywhere (Windows: build.ps1):
 #
 #   bash packaging/build.sh [--torch cpu|cuda|INDEX-URL] [--python PYTHON] [--fresh] [--no-archive]
 #
@@ -116,9 +116,15 @@ PY
 if [ "$archive" = 1 ]; then
     name="bone_apps-$version-$platform-$(uname -m)"
     if [ "$platform" = macos ]; then
+        # The dmg holds bone_apps.app (the chooser of DLFit, DLPred and IoU; `bone` is in
+        # bone_apps.app/Contents/MacOS) and a link to /Applications to drag it onto.
         out="$root/dist/$name.dmg"
-        rm -f "$out"
-        hdiutil create -volname "bone_apps $version" -srcfolder "$bundle" -ov -format UDZO "$out"
+        staging="$root/build/dmg"
+        rm -rf "$out" "$staging"
+        mkdir -p "$staging"
+        cp -R "$root/dist/bone_apps.app" "$staging/"
+        ln -s /Applications "$staging/Applications"
+        hdiutil create -volname "bone_apps $version" -srcfolder "$staging" -ov -format UDZO "$out"
     else
         out="$root/dist/$name.zip"
         rm -f "$out"

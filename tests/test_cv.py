@@ -217,7 +217,7 @@ def test_cv_runs_every_fold_and_seed_and_a_stopped_one_resumes_to_the_same_figur
     from bone_apps.cli.fit import build_config
     from bone_apps.core.evaluate.cv import CVConfig, cross_validate
     from bone_apps.core.evaluate.runs import RunProgress
-    from bone_apps.core.fit.loop import StepProgress
+    from bone_apps.core.fit.records import StepProgress
 
     whole = tmp_path / "whole"
     assert main(["cv", "--out", str(whole), *_options(six_scans, cache)]) == 0

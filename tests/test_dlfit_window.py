@@ -23,7 +23,7 @@ from PySide6.QtWidgets import (  # noqa: E402
 )
 
 from bone_apps.core.fit.config import FitConfig  # noqa: E402
-from bone_apps.core.fit.loop import EpochEnd, StepProgress  # noqa: E402
+from bone_apps.core.fit.records import EpochEnd, StepProgress
 from bone_apps.core.io.writer import write_volume  # noqa: E402
 from bone_apps.core.model.weights import load_weights  # noqa: E402
 from bone_apps.dlfit.choices import architecture_choices, encoder_choices  # noqa: E402

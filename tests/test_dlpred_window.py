@@ -13,11 +13,12 @@ torch = pytest.importorskip("torch")
 from PySide6.QtCore import Qt, QTimer  # noqa: E402
 from PySide6.QtWidgets import QApplication, QLabel, QMessageBox  # noqa: E402
 
+from bone_apps.core.data.normalize import StatsProgress  # noqa: E402
 from bone_apps.core.io.volume import open_volume  # noqa: E402
 from bone_apps.core.io.writer import write_volume  # noqa: E402
 from bone_apps.core.model.models import build_model  # noqa: E402
 from bone_apps.core.model.weights import save_weights  # noqa: E402
-from bone_apps.core.predict.segment import ScanStarted, SliceProgress, StatsProgress  # noqa: E402
+from bone_apps.core.predict.reports import ScanStarted, SliceProgress  # noqa: E402
 from bone_apps.dlpred import bridge  # noqa: E402
 from bone_apps.dlpred.window import DLPredWindow  # noqa: E402
 
@@ -255,7 +256,7 @@ def test_progress_text_rate_and_time_left(tmp_path):
     step = tracker.update(SliceProgress(0, 10, 40, labels))
     assert step.z == 9 and step.labels is labels
     assert step.text == "10 of 40 slices · 2 slices/s · 15.0 s left"
-    assert bridge.format_duration(3725) == "1 h 02 min"
+    assert bridge.duration_text(3725) == "1 h 02 min"
     assert bridge.default_output(tmp_path / "scan.ome.tif") == tmp_path / "scan_labels.tif"
     assert bridge.default_output(tmp_path / "scan") == tmp_path / "scan_labels"
 

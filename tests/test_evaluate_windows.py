@@ -20,7 +20,7 @@ from bone_apps.core.evaluate.rank import rank, sweep  # noqa: E402
 from bone_apps.core.evaluate.results import read_experiment  # noqa: E402
 from bone_apps.core.evaluate.runs import RunStarted, fit_action  # noqa: E402
 from bone_apps.core.evaluate.summary import cell_text, table6_markdown, table6_rows  # noqa: E402
-from bone_apps.core.fit.loop import EpochEnd, StepProgress  # noqa: E402
+from bone_apps.core.fit.records import EpochEnd, StepProgress
 from bone_apps.dlfit.window import DLFitWindow  # noqa: E402
 from bone_apps.iou.window import IoUWindow  # noqa: E402
 from bone_apps.ui.settings import AppSettings  # noqa: E402

@@ -21,12 +21,8 @@ import yaml
 
 from bone_apps.cli import main
 from bone_apps.core.data.normalize import normalize
-from bone_apps.core.export.bioimageio import (
-    PAPER,
-    check_package,
-    preprocess,
-    validate_package,
-)
+from bone_apps.core.export.bioimageio import PAPER
+from bone_apps.core.export.bioimageio_check import check_package, preprocess, validate_package
 from bone_apps.core.export.onnx import META_KEY, OPSET, OUTPUT_KEY, normalized_example
 from bone_apps.core.export.sample import block_stats, sample_block
 from bone_apps.core.io.volume import open_volume

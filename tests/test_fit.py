@@ -10,18 +10,12 @@ import threading
 import pytest
 import torch
 
+from bone_apps.core.data.normalize import StatsProgress
 from bone_apps.core.errors import DataCheckError, FitConfigError, OutputExistsError
 from bone_apps.core.fit import loop as fit_module
 from bone_apps.core.fit.config import FitConfig
-from bone_apps.core.fit.loop import (
-    EpochEnd,
-    FitFinished,
-    FitMessage,
-    StatsProgress,
-    StepProgress,
-    fit,
-    run_fit,
-)
+from bone_apps.core.fit.loop import fit, run_fit
+from bone_apps.core.fit.records import EpochEnd, FitFinished, FitMessage, StepProgress
 from bone_apps.core.model.weights import load_weights
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

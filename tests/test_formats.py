@@ -241,8 +241,9 @@ def test_levels_are_chosen_by_number_or_by_their_path(dataset, sample):
 def test_fitting_patches_are_the_same_from_every_format(dataset):
     """The fit sampler memory-maps what it can and reads the other formats' slices: the
     patches (and so the fit) do not depend on the format."""
+    from bone_apps.core.data.augment import AugmentConfig
     from bone_apps.core.data.normalize import compute_stats
-    from bone_apps.core.data.sampling import AugmentConfig, Dims, PatchBatches, PatchLayout, ScanSource
+    from bone_apps.core.data.sampling import Dims, PatchBatches, PatchLayout, ScanSource
 
     _, scans, masks = dataset
     layout = PatchLayout(Dims.D25, patch=32, patches_per_tile=2, max_overlap=0.5, context=1)
@@ -413,7 +414,7 @@ def test_dataset_roots_list_and_pair_every_format(dataset, tmp_path):
     from bone_apps.core.data.pairs import check_pairs, pairs_from_root
     from bone_apps.core.io.stack_kind import label_stack_reason
     from bone_apps.core.io.writer import write_volume
-    from bone_apps.core.predict.segment import scans_in
+    from bone_apps.core.predict.output_plan import scans_in
 
     root, scans, masks = dataset
     mixed = tmp_path / "mixed"

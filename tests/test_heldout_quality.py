@@ -16,9 +16,9 @@ import torch
 
 from bone_apps.cli import main as bone
 from bone_apps.core.data.synthetic import write_sample_dataset
-from bone_apps.core.fit.slice_validation import InferenceSettings
 from bone_apps.core.io.volume import open_volume
 from bone_apps.core.model.weights import load_weights
+from bone_apps.core.predict.settings import InferenceSettings
 
 # The module's fit (six epochs of five scans) runs in the first test's time.
 pytestmark = pytest.mark.timeout(900)
@@ -103,7 +103,7 @@ def test_window_dependent_weights_make_prediction_default_to_patch_windows(fitte
     meta = {**meta, "inference": {**InferenceSettings.patch_sized(PATCH).to_dict(), "val_iou": 0.9,
                                   "agreement": 0.8, "window_dependent": True}}
     from bone_apps.core.predict.config import PredictConfig
-    from bone_apps.core.predict.segment import with_model_settings
+    from bone_apps.core.predict.settings import with_model_settings
 
     config, note = with_model_settings(PredictConfig(scans=("s",), weights="w", out="o"), meta)
     assert (config.chunk, config.overlap, config.blend.value) == (PATCH, 0.5, "gaussian")

@@ -35,7 +35,8 @@ from bone_apps.core.io.volume import open_volume
 from bone_apps.core.io.writer import write_volume
 from bone_apps.core.jobs.run import run_to_end
 from bone_apps.core.predict.config import PredictConfig
-from bone_apps.core.predict.segment import SliceProgress, run_predict
+from bone_apps.core.predict.reports import SliceProgress
+from bone_apps.core.predict.segment import run_predict
 from bone_apps.core.predict.segment_array import ArrayVolume, SegmentStarted, segment_array
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -141,3 +141,22 @@ def test_a_script_without_a_main_guard_is_told_what_to_do(tmp_path):
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120,
                           cwd=tmp_path)
     assert "refused:" in done.stdout and '__name__ == "__main__"' in done.stdout, done.stdout
+
+
+def test_statistics_report_progress_records_and_a_stop_ends_the_wait(tmp_path):
+    import threading
+
+    from bone_apps.core.errors import Cancelled
+    from bone_apps.core.jobs.run import run_to_end
+
+    paths = [_volume(tmp_path, np.full((4, 16, 16), v, np.uint8), name=f"s{v}").path for v in (1, 2)]
+    seen: list = []
+    work = lambda progress: compute_stats_many(paths, workers=1, progress=progress)  # noqa: E731
+    stats = run_to_end(norm.stats_with_progress(work, "test-stats"), seen.append)
+    assert [s.mean for s in stats] == [1.0, 2.0]
+    assert seen == [norm.StatsProgress(done, 2) for done in range(3)]
+    stop, release = threading.Event(), threading.Event()
+    stop.set()
+    with pytest.raises(Cancelled, match="stopped"):
+        run_to_end(norm.stats_with_progress(lambda progress: release.wait(5), "test-stats", stop))
+    release.set()

@@ -158,3 +158,105 @@ def test_start_log_falls_back_to_the_temp_folder(tmp_path: Path,
     path.write_text("someone else's notes\n")
     assert startlog.write_start_log("dlfit", "again") is None
     assert path.read_text() == "someone else's notes\n"
+
+
+# -- icons, names and the macOS app -------------------------------------------------------------
+
+
+def test_every_program_has_an_icon_that_renders(qapp) -> None:
+    """Each program of the spec has its own SVG, and Qt (offscreen) draws it: not empty, and
+    unlike the others."""
+    from bone_apps.ui.branding import PROGRAMS, app_icon, icon_path, render_icon
+
+    icons = spec_constant("ICONS")
+    assert set(spec_constant("ENTRY_POINTS")) | {spec_constant("MAC_CHOOSER")[0]} == set(icons)
+    assert set(icons.values()) == set(PROGRAMS)
+    drawn = {}
+    for program in PROGRAMS:
+        assert icon_path(program).is_file(), program
+        image = render_icon(program, 64)
+        assert not image.isNull() and image.width() == 64
+        opaque = sum(image.pixelColor(x, y).alpha() > 0 for x in range(0, 64, 4) for y in range(0, 64, 4))
+        assert opaque > 100, f"{program}'s icon is (almost) empty"
+        drawn[program] = bytes(image.constBits())
+        assert not app_icon(program).isNull()
+    assert len(set(drawn.values())) == len(drawn), "two programs share an icon"
+    # No generated icon files are kept in the checkout: the build makes them.
+    folder = icon_path("bone").parent
+    assert sorted(p.suffix for p in folder.iterdir()) == [".svg"] * len(PROGRAMS)
+
+
+@pytest.mark.parametrize("kind", ["png", "ico", "icns"])
+def test_the_build_renders_icon_files(tmp_path: Path, kind: str) -> None:
+    """packaging/icons.py (what the spec calls) writes the icon file each platform's EXE takes."""
+    pytest.importorskip("PySide6")
+    result = subprocess.run([sys.executable, str(ROOT / "packaging" / "icons.py"), str(tmp_path),
+                             "--format", kind], capture_output=True, text=True, timeout=120,
+                            env=dict(os.environ, QT_QPA_PLATFORM="offscreen"))
+    assert result.returncode == 0, result.stderr
+    from bone_apps.ui.branding import PROGRAMS
+
+    for program in PROGRAMS:
+        path = tmp_path / f"{program}.{kind}"
+        assert path.is_file() and path.stat().st_size > 1000, path
+    if kind == "png":
+        from PySide6.QtGui import QImage
+
+        assert QImage(str(tmp_path / "iou.png")).width() == 256
+
+
+def test_the_bundle_keeps_what_the_icons_need() -> None:
+    """The windows render their SVG icons with QtSvg: the spec names it and never excludes it,
+    and the SVGs are data files of bone_apps (collected with DATA_PACKAGES)."""
+    assert "PySide6.QtSvg" in spec_constant("QT_HIDDEN")
+    assert not any(name.startswith("PySide6.QtSvg") for name in excludes_of_spec())
+    assert "bone_apps" in spec_constant("DATA_PACKAGES")
+    module, function = spec_constant("MAC_CHOOSER")[1:]
+    assert callable(getattr(importlib.import_module(module), function))
+    assert spec_constant("MAC_BUNDLE").endswith(".app")
+
+
+def test_each_window_names_its_app_and_has_its_icon(qtbot) -> None:
+    from bone_apps.dlfit.window import DLFitWindow
+    from bone_apps.dlpred.window import DLPredWindow
+    from bone_apps.iou.window import IoUWindow
+
+    for cls, name in ((DLFitWindow, "DLFit"), (DLPredWindow, "DLPred"), (IoUWindow, "IoU")):
+        window = cls()
+        qtbot.addWidget(window)
+        assert window.windowTitle().startswith(f"bone_apps {name} — ")
+        assert not window.windowIcon().isNull()
+        window.close()
+
+
+def test_the_macos_chooser_opens_each_app(qtbot) -> None:
+    from bone_apps import __version__
+    from bone_apps.ui.chooser import AppChooser
+
+    chooser = AppChooser()
+    qtbot.addWidget(chooser)
+    chooser.show()
+    assert chooser.windowTitle() == f"bone_apps {__version__}"
+    for program, name in (("iou", "IoU"), ("dlpred", "DLPred")):
+        chooser.buttons[program].click()
+        window = chooser.windows[program]
+        qtbot.addWidget(window)
+        assert window.isVisible() and f"bone_apps {name}" in window.windowTitle()
+        assert chooser.open(program) is window  # open again: the same window, raised
+        window.close()
+    chooser.close()
+
+
+def test_the_windows_build_script_offers_what_build_sh_does() -> None:
+    """build.ps1 takes the same torch sources, builds from its own venv, checks the version and
+    zips; the workflow builds Windows with it."""
+    ps1 = (ROOT / "packaging" / "build.ps1").read_text(encoding="utf-8")
+    sh = (ROOT / "packaging" / "build.sh").read_text(encoding="utf-8")
+    for text in ("https://download.pytorch.org/whl/cpu", "build\\bundle-venv", "--no-deps --force-reinstall",
+                 "bone_apps.spec", "bone.exe\") --version", "-m zipfile -c", "BUILD.txt"):
+        assert text in ps1, text
+    for option in ("Torch", "Python", "Fresh", "NoArchive"):
+        assert f"${option}" in ps1
+        assert f"--{option.lower().replace('noarchive', 'no-archive')}" in sh
+    workflow = (ROOT / ".github" / "workflows" / "bundles.yml").read_text(encoding="utf-8")
+    assert "packaging/build.ps1" in workflow and "packaging/build.sh" in workflow

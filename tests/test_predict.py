@@ -13,7 +13,7 @@ import pytest
 import tifffile
 import torch
 
-from bone_apps.core.data.normalize import compute_stats
+from bone_apps.core.data.normalize import StatsProgress, compute_stats, normalize
 from bone_apps.core.errors import (
     Cancelled,
     ForeignFilesError,
@@ -24,22 +24,14 @@ from bone_apps.core.errors import (
 )
 from bone_apps.core.io.volume import VoxelSize, open_volume
 from bone_apps.core.io.writer import write_volume
+from bone_apps.core.model.spec import ModelSpec
+from bone_apps.core.predict.batching import ChunkRunner, choose_batch
 from bone_apps.core.predict.config import PredictConfig
-from bone_apps.core.predict.segment import (
-    ChunkRunner,
-    ModelSpec,
-    ScanFinished,
-    ScanStarted,
-    SliceProgress,
-    StatsProgress,
-    choose_batch,
-    plan_chunks,
-    predict,
-    run_predict,
-    scans_in,
-    segment_volume,
-)
-from bone_apps.core.predict.windows import BlendMode
+from bone_apps.core.predict.inferer import SliceSource, infer_slices, plan_chunks
+from bone_apps.core.predict.output_plan import scans_in
+from bone_apps.core.predict.reports import ScanFinished, ScanStarted, SliceProgress
+from bone_apps.core.predict.segment import predict, run_predict, segment_volume
+from bone_apps.core.predict.windows import BlendMode, window_weights
 
 CLASS_NAMES = ["background", "bone", "pores"]
 MODELS = {  # dims -> (architecture, encoder, in_channels, context, patch_depth)
@@ -157,6 +149,28 @@ def test_identity_predictor_with_gaussian_blend_and_flips(label_scan):
         labels, _, _ = _run_segment(volume, _echo_spec(dims), 32, 0.5, 4, BlendMode.GAUSSIAN,
                                     chunk_depth=16, tta=True)
         assert np.array_equal(labels, expected)
+
+
+@pytest.mark.parametrize("dims", ["2d", "2.5d", "3d"])
+@pytest.mark.parametrize("chunk,overlap,batch,blend", [
+    (16, 0.0, 1, BlendMode.MEAN), (32, 0.5, 3, BlendMode.GAUSSIAN), (48, 0.75, 7, BlendMode.MEAN)])
+def test_the_inferer_merges_any_predictor_back_into_its_input(label_scan, dims, chunk, overlap, batch, blend):
+    """x + 1 through chunking, batching and blending, merged on a stitching device of its own."""
+    volume = open_volume(label_scan)
+    stats = compute_stats(volume)
+    spec = _echo_spec(dims)
+    plan = plan_chunks(volume.shape, spec, chunk, 16, overlap)
+    source = SliceSource(volume, stats, spec.norm, plan, torch.device("cpu"))
+    centre = spec.context if dims == "2.5d" else 0
+    weights = None if blend is BlendMode.MEAN else torch.from_numpy(window_weights(plan.window, blend))
+    slices = infer_slices(lambda x: x[:, centre:centre + 1] + 1, source, plan, batch, 1, weights, "cpu")
+    seen = []
+    for z, probs in slices:  # each slice is only valid until the next is asked for
+        expected = normalize(volume.read_slice(z), stats, spec.norm) + 1
+        assert probs.shape == (1, *volume.shape[1:])
+        assert np.allclose(probs[0].numpy(), expected, atol=1e-5), z
+        seen.append(z)
+    assert seen == list(range(volume.shape[0]))
 
 
 def test_memory_is_bounded_by_the_chunk_and_batch_not_by_the_slice_count(tmp_path):
@@ -302,14 +316,19 @@ def _weights_variants(folder: Path, good: Path) -> dict[str, Path]:
     files["future format"] = folder / "future.pth"
     torch.save({**payload, "format": "bone_apps.weights/9"}, files["future format"])
     files["incomplete meta"] = folder / "incomplete.pth"
-    meta = dict(payload["meta"])
-    del meta["norm"]
-    torch.save({**payload, "meta": meta}, files["incomplete meta"])
+    spec = dict(payload["meta"]["spec"])
+    del spec["norm"]
+    torch.save({**payload, "meta": {**payload["meta"], "spec": spec}}, files["incomplete meta"])
     files["wrong parameters"] = folder / "wrong.pth"
-    torch.save({**payload, "meta": {**payload["meta"], "encoder": "resnet34"}}, files["wrong parameters"])
+    torch.save(_with_spec(payload, encoder="resnet34"), files["wrong parameters"])
     files["inconsistent meta"] = folder / "inconsistent.pth"
-    torch.save({**payload, "meta": {**payload["meta"], "in_channels": 2}}, files["inconsistent meta"])
+    torch.save(_with_spec(payload, in_channels=2), files["inconsistent meta"])
     return files
+
+
+def _with_spec(payload: dict, **changes) -> dict:
+    """A weights payload whose model description (meta["spec"]) says something else."""
+    return {**payload, "meta": {**payload["meta"], "spec": {**payload["meta"]["spec"], **changes}}}
 
 
 def test_bad_weights_files_get_one_clear_sentence(sample_root, weights, tmp_path, capsys):

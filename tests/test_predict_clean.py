@@ -13,14 +13,8 @@ from bone_apps.cli import main
 from bone_apps.core.model.weights import save_weights
 from bone_apps.core.predict.cleanup import CleanError, CleanOptions, clean_labels
 from bone_apps.core.predict.config import PredictConfig
-from bone_apps.core.predict.segment import (
-    PredictReport,
-    ScanCleaning,
-    ScanResult,
-    load_model,
-    predict,
-    run_predict,
-)
+from bone_apps.core.predict.reports import PredictReport, ScanCleaning, ScanResult
+from bone_apps.core.predict.segment import load_model, predict, run_predict
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 MIN_ISLAND = 20

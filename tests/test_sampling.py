@@ -8,17 +8,19 @@ from itertools import combinations
 import numpy as np
 import pytest
 
-from bone_apps.core.data.normalize import compute_stats
-from bone_apps.core.data.sampling import (
+from bone_apps.core.data.augment import (
     AugmentConfig,
-    Dims,
     Geometry,
-    PatchBatches,
-    PatchLayout,
-    ScanSource,
     apply_geometry,
     draw_geometry,
     draw_intensity,
+)
+from bone_apps.core.data.normalize import compute_stats
+from bone_apps.core.data.sampling import (
+    Dims,
+    PatchBatches,
+    PatchLayout,
+    ScanSource,
     overlap_fraction,
     patch_capacity,
     sample_positions,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bone_apps.core.data.split import kfold_splits, read_split, split_scans, write_split
+from bone_apps.core.data.split import read_split, split_scans, write_split
 from bone_apps.core.errors import FitConfigError
 
 
@@ -54,11 +54,3 @@ def test_explicit_validation_scans(tmp_path):
 def test_bad_splits_say_what_to_do(ids, kwargs, message):
     with pytest.raises(FitConfigError, match=message):
         split_scans(ids, **kwargs)
-
-
-def test_kfold_validates_each_scan_once():
-    ids = [f"s{i}" for i in range(10)]
-    folds = kfold_splits(ids, 5, seed=3)
-    assert sorted(v for f in folds for v in f.val) == sorted(ids)
-    for fold in folds:
-        assert not set(fold.train) & set(fold.val)

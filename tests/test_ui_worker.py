@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+import threading
 import time
 
 import pytest
@@ -63,3 +65,39 @@ def test_results_errors_and_cancellation_reach_their_signals(qtbot):
         worker.start()
         worker.stop()
     worker.wait()
+
+
+def test_garbage_is_collected_on_the_gui_thread_while_workers_run(qtbot):
+    """A collection started in a worker thread would free dead windows' Qt objects off the GUI
+    thread, which crashes the process: while workers run, collections happen on the GUI thread
+    only, and they still happen."""
+    collections: list[bool] = []  # per collection: did it run on the GUI (main) thread?
+
+    def record(phase: str, _info: dict) -> None:
+        if phase == "start":
+            collections.append(threading.current_thread() is threading.main_thread())
+
+    def making_cyclic_garbage(stop):
+        rounds = 0
+        while not stop.is_set():
+            for _ in range(200):  # what only the cyclic collector frees, as a closed window
+                cycle: list = []
+                cycle.append(cycle)
+            rounds += 1
+            if rounds % 10 == 0:
+                yield rounds
+            time.sleep(0.001)
+
+    assert gc.isenabled()
+    gc.callbacks.append(record)
+    worker = JobWorker(making_cyclic_garbage)
+    try:
+        worker.start()
+        assert not gc.isenabled()  # automatic collection is off while a worker runs
+        qtbot.waitUntil(lambda: len(collections) >= 3, timeout=10000)
+    finally:
+        worker.stop()
+        assert worker.wait(10000)
+        gc.callbacks.remove(record)
+    assert all(collections)
+    assert gc.isenabled()  # and automatic again once the last worker has ended

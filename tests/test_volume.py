@@ -195,8 +195,46 @@ def test_one_name_for_a_volume_whatever_its_form():
     """Pairs match and outputs are named on the same id: folder name or file name without
     .tif / .tiff / .ome.tif (an OME-TIFF scan pairs with a plain TIFF mask)."""
     from bone_apps.core.io.volume import volume_id
-    from bone_apps.core.predict.segment import scan_id
+    from bone_apps.core.predict.output_plan import scan_id
 
     for name in ("femur_01", "femur_01.tif", "femur_01.TIFF", "femur_01.ome.tif", "femur_01.ome.tiff"):
         assert volume_id(Path("data") / name) == "femur_01"
     assert scan_id is volume_id
+
+
+def test_a_multipage_tiff_names_its_slices_after_its_volume_id(tmp_path):
+    from bone_apps.core.io.volume import volume_id
+
+    path = tmp_path / "femur.v2.tif"
+    write_volume(path, ramp((4, 8, 8), np.uint8))
+    volume = open_volume(path)
+    assert volume_id(path) == "femur.v2"
+    assert volume.slice_names == [f"femur.v2_{z:04d}.tif" for z in range(4)]
+
+
+def test_a_new_format_is_one_reader_that_registers_itself(tmp_path):
+    """open_volume asks the registry: a reader registered for a suffix opens such files."""
+    from bone_apps.core.io import volume as volumes
+
+    class NpyVolume(volumes.Volume):
+        kind = "npy"
+
+        def __init__(self, path: Path) -> None:
+            self._data = np.load(path, mmap_mode="r")
+            super().__init__(path, self._data.shape, self._data.dtype, None)
+
+        def _read(self, z0: int, z1: int) -> np.ndarray:
+            return np.asarray(self._data[z0:z1])
+
+    data = ramp((4, 6, 5), np.uint16)
+    np.save(tmp_path / "scan.npy", data)
+    with pytest.raises(VolumeError, match="not a volume bone_apps reads"):
+        open_volume(tmp_path / "scan.npy")
+    volumes.register_reader(volumes.Reader(kind="npy", open=NpyVolume, suffixes=(".npy",)))
+    try:
+        volume = open_volume(tmp_path / "scan.npy")
+        assert volume.kind == "npy" and volume.shape == (4, 6, 5)
+        assert (volume.read_slab(0, 4) == data).all() and (volume.read_slice(2) == data[2]).all()
+    finally:
+        volumes._READERS.pop("npy")
+    assert [r.kind for r in volumes.readers()] == ["tiff", "hdf5", "nifti", "zarr"]

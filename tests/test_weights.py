@@ -10,7 +10,7 @@ import torch
 from bone_apps.core.errors import WeightsError
 from bone_apps.core.model.models import build_model, model_from_meta
 from bone_apps.core.model.weights import (
-    WEIGHTS_FORMAT,
+    WEIGHTS_FORMAT_1,
     load_weights,
     save_weights,
     summarize_meta,
@@ -79,7 +79,7 @@ def test_foreign_files_are_refused(tmp_path, model):
     with pytest.raises(WeightsError, match="update bone_apps"):
         load_weights(newer)
     partial = tmp_path / "partial.pth"
-    torch.save({"format": WEIGHTS_FORMAT, "state_dict": model.state_dict(),
+    torch.save({"format": WEIGHTS_FORMAT_1, "state_dict": model.state_dict(),
                 "meta": {"dims": "2d"}}, partial)
     with pytest.raises(WeightsError, match="lacks metadata"):
         load_weights(partial)
@@ -98,7 +98,7 @@ class _Payload:
 def test_crafted_pickle_is_refused_without_running(tmp_path):
     marker = tmp_path / "ran.txt"
     crafted = tmp_path / "crafted.pth"
-    payload = {"format": WEIGHTS_FORMAT, "state_dict": {}, "meta": _meta(), "x": _Payload(str(marker))}
+    payload = {"format": WEIGHTS_FORMAT_1, "state_dict": {}, "meta": _meta(), "x": _Payload(str(marker))}
     torch.save(payload, crafted, pickle_module=pickle)
     with pytest.raises(WeightsError, match="not plain data"):
         load_weights(crafted)

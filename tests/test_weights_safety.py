@@ -14,7 +14,7 @@ import torch
 from bone_apps.cli import main
 from bone_apps.core.errors import WeightsError
 from bone_apps.core.model.models import build_model
-from bone_apps.core.model.weights import WEIGHTS_FORMAT, load_weights, save_weights
+from bone_apps.core.model.weights import WEIGHTS_FORMAT_1, load_weights, save_weights
 
 
 def _meta(**changes) -> dict:
@@ -103,7 +103,7 @@ def test_metadata_channels_that_the_scan_mode_cannot_feed_are_refused(model, tmp
                                                                       capsys):
     # 2.5D with one slice of context needs 3 channels; the file says 1 (and holds 1).
     path = tmp_path / "mode.pth"
-    torch.save({"format": WEIGHTS_FORMAT, "state_dict": model.state_dict(),
+    torch.save({"format": WEIGHTS_FORMAT_1, "state_dict": model.state_dict(),
                 "meta": {**_meta(dims="2.5d", context=1), "version": "x"}}, path)
     with pytest.raises(WeightsError, match="a 2.5d with 1 slice.s. of context model takes 3"):
         load_weights(path)
@@ -128,7 +128,7 @@ def test_bad_label_values_in_metadata_are_refused(model, tmp_path):
 
 def test_an_empty_state_dict_is_refused(tmp_path):
     path = tmp_path / "nothing.pth"
-    torch.save({"format": WEIGHTS_FORMAT, "state_dict": {}, "meta": {**_meta(), "version": "x"}},
+    torch.save({"format": WEIGHTS_FORMAT_1, "state_dict": {}, "meta": {**_meta(), "version": "x"}},
                path)
     with pytest.raises(WeightsError, match="no usable parameters"):
         load_weights(path)

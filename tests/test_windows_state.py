@@ -87,7 +87,7 @@ def test_progress_texts_count_from_one_and_estimate_only_when_meaningful(dlfit, 
 
 def test_easy_run_says_the_patch_and_batch_it_uses(dlfit, qtbot, sample_root, tmp_path,
                                                   monkeypatch, artifacts_dir):
-    from bone_apps.core.fit.loop import FitMessage
+    from bone_apps.core.fit.records import FitMessage
 
     started = []
     monkeypatch.setattr(dlfit.runner, "start", lambda config, **kw: started.append(config))

@@ -89,6 +89,33 @@ def _run(argv: Sequence[str] | None) -> int:
         return 2
 
 
+def run_with_bar(job, unit: str, desc: str, min_total: int = 0):
+    """Drive a core job to its result with a tqdm bar on stderr, shown once a record's total
+    reaches `min_total`; a record's `stage`, when it has one, names the bar."""
+    from bone_apps.core.jobs.run import run_to_end
+
+    bar = None
+
+    def show(progress) -> None:
+        nonlocal bar
+        if bar is None and progress.total >= min_total:
+            from tqdm import tqdm
+
+            bar = tqdm(total=progress.total, unit=unit, desc=desc, file=sys.stderr, disable=None,
+                       leave=False)
+        if bar is not None:
+            bar.total = progress.total
+            if getattr(progress, "stage", None) is not None:
+                bar.set_description(progress.stage, refresh=False)
+            bar.update(progress.done - bar.n)
+
+    try:
+        return run_to_end(job, show)
+    finally:
+        if bar is not None:
+            bar.close()
+
+
 def end_worker_processes() -> None:
     """After a stop: end the worker processes this command started (e.g. scan statistics
     still being computed), so that it exits now rather than when they finish."""

@@ -75,8 +75,8 @@ def rows_text(rows: list[dict]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from bone_apps.cli.cv import drive, stopped
-    from bone_apps.cli.fit import build_config, stop_on_signals
+    from bone_apps.cli.cv import run_experiment
+    from bone_apps.cli.fit import build_config
     from bone_apps.core.evaluate.bench import BenchConfig, bench
 
     template = build_config(args)
@@ -84,13 +84,9 @@ def run(args: argparse.Namespace) -> int:
     template = template.replace(easy=bool(args.easy))
     config = BenchConfig(fit=template, out=str(args.out), test_scans=tuple(args.test_scans),
                          configs=specs_from_args(args))
-    with stop_on_signals() as stop:
-        result, code = drive(bench(config, stop), "bench", stop)
-        if code is not None:
-            return code
-    if result.status != "completed":
-        return stopped("bench", stop)
-    print()
+    result, code = run_experiment(lambda stop: bench(config, stop), "bench")
+    if code is not None:
+        return code
     print(rows_text(result.data["rows"]))
     print(f"written: {result.files['json']}; rank the configurations with: bone rank {result.out}")
     return 0

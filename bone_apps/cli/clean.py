@@ -17,15 +17,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("mask", type=Path, help="label mask (folder of TIFF slices or multi-page TIFF)")
     parser.add_argument("--out", type=Path, required=True, metavar="OUT",
                         help="cleaned mask: a folder of slices, or a .tif for one multi-page file")
-    parser.add_argument("--largest", type=int, nargs="+", metavar="LABEL",
-                        help="keep only the largest connected piece of these labels")
-    parser.add_argument("--min-island", type=int, default=0, metavar="N",
-                        help="remove pieces of any non-zero label with fewer than N voxels")
-    parser.add_argument("--fill-holes", type=int, default=0, metavar="N",
-                        help="fill background pockets enclosed by one label with fewer than N voxels")
+    add_clean_options(parser)
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an existing OUT, only one bone_apps wrote")
     parser.set_defaults(func=run, command="clean")
+
+
+def add_clean_options(group, prefix: str = "") -> None:
+    """The clean-up options (CleanOptions' fields) on `group`: `bone clean`'s, and `bone
+    predict`'s with the prefix "clean-"."""
+    group.add_argument(f"--{prefix}largest", type=int, nargs="+", metavar="LABEL",
+                       help="keep only the largest connected piece of these labels")
+    group.add_argument(f"--{prefix}min-island", type=int, default=0, metavar="N",
+                       help="remove pieces of any non-zero label with fewer than N voxels")
+    group.add_argument(f"--{prefix}fill-holes", type=int, default=0, metavar="N",
+                       help="fill background pockets enclosed by one label with fewer than N voxels")
 
 
 def run(args: argparse.Namespace) -> int:

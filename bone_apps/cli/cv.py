@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import sys
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from bone_apps.cli.fit import add_fit_options
@@ -82,8 +84,9 @@ class ExperimentConsole:
     def _progress(self, event) -> None:
         from tqdm import tqdm
 
-        from bone_apps.core.fit.loop import FitMessage
-        from bone_apps.core.predict.segment import ScanStarted, SliceProgress
+        from bone_apps.core.data.normalize import StatsProgress
+        from bone_apps.core.fit.records import FitMessage
+        from bone_apps.core.predict.reports import ScanStarted, SliceProgress
 
         if isinstance(event, FitMessage):
             if event.level == "note":  # the setup lines are in the run's fit.log
@@ -95,7 +98,7 @@ class ExperimentConsole:
         elif isinstance(event, SliceProgress):
             if self.bar is not None:
                 self.bar.update(event.done - self.bar.n)
-        elif type(event).__module__ == "bone_apps.core.fit.loop":
+        elif type(event).__module__ == "bone_apps.core.fit.records" or isinstance(event, StatsProgress):
             self.fit.show(event)
 
 
@@ -103,54 +106,49 @@ def _num(value: float | None) -> str:
     return "-" if value is None else f"{value:.4f}"
 
 
-def drive(job, command: str, stop) -> tuple[object, int | None]:
-    """Run an experiment generator with an ExperimentConsole; returns (its result, None), or
-    (None, exit code) when a stop came before there was anything to continue."""
+def run_experiment(start: Callable[[threading.Event], Iterator], command: str) -> tuple[object, int | None]:
+    """Run an experiment (`start(stop)` gives its generator) with an ExperimentConsole, the first
+    Ctrl-C or SIGTERM stopping it at a safe point: (its completed result, None), or (None, the
+    exit code) when it stopped, having said how to continue."""
     import signal
 
+    from bone_apps.cli.fit import stop_on_signals
     from bone_apps.core.errors import Cancelled
 
     console = ExperimentConsole()
-    try:
-        for event in job:
-            console.show(event)
-    except Cancelled as exc:  # stopped during a fit's data checks: nothing to continue there
-        if not stop.is_set():
-            raise
-        from bone_apps.cli import end_worker_processes
+    with stop_on_signals() as stop:
+        try:
+            for event in start(stop):
+                console.show(event)
+        except Cancelled as exc:  # stopped during a fit's data checks: nothing to continue there
+            if not stop.is_set():
+                raise
+            from bone_apps.cli import end_worker_processes
 
-        end_worker_processes()
-        print(f"bone {command}: {exc}", file=sys.stderr)
+            end_worker_processes()
+            print(f"bone {command}: {exc}", file=sys.stderr)
+            return None, 128 + int(getattr(stop, "signal", signal.SIGINT))
+        finally:
+            console.close()
+    if console.result.status != "completed":
+        print(f"bone {command}: stopped. Run the same command again to continue: finished fits and "
+              "label stacks are kept, and an unfinished fit resumes from its checkpoint.", file=sys.stderr)
         return None, 128 + int(getattr(stop, "signal", signal.SIGINT))
-    finally:
-        console.close()
+    print()
     return console.result, None
 
 
-def stopped(command: str, stop) -> int:
-    """Say how to continue a stopped experiment; the exit code of the signal."""
-    import signal
-
-    print(f"bone {command}: stopped. Run the same command again to continue: finished fits and "
-          "label stacks are kept, and an unfinished fit resumes from its checkpoint.", file=sys.stderr)
-    return 128 + int(getattr(stop, "signal", signal.SIGINT))
-
-
 def run(args: argparse.Namespace) -> int:
-    from bone_apps.cli.fit import build_config, stop_on_signals
+    from bone_apps.cli.fit import build_config
     from bone_apps.core.evaluate.cv import CVConfig, cross_validate
 
     template = build_config(args)
     config = CVConfig(fit=template, out=str(args.out), folds=args.folds, seeds=tuple(args.seeds),
                       order_seed=args.order_seed,
                       order_file=None if args.order is None else str(args.order))
-    with stop_on_signals() as stop:
-        result, code = drive(cross_validate(config, stop), "cv", stop)
-        if code is not None:
-            return code
-    if result.status != "completed":
-        return stopped("cv", stop)
-    print()
+    result, code = run_experiment(lambda stop: cross_validate(config, stop), "cv")
+    if code is not None:
+        return code
     print(result.files["markdown"].read_text(encoding="utf-8"), end="")
     shown = ", ".join(str(p) for p in result.files.values() if p is not None)
     print(f"written: {shown}")

@@ -38,7 +38,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from bone_apps.core.errors import BoneAppsError
-    from bone_apps.core.export.bioimageio import export_bioimageio, zip_is_ours
+    from bone_apps.core.export.bioimageio import export_bioimageio
+    from bone_apps.core.export.bioimageio_check import zip_is_ours
     from bone_apps.core.export.onnx import check_exportable_target, export_onnx, onnx_is_ours
 
     if args.onnx is None and args.bioimageio is None:

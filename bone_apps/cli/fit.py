@@ -10,6 +10,8 @@ import threading
 from collections.abc import Collection, Iterator
 from pathlib import Path
 
+from bone_apps.cli.options import add_option
+
 # Options that describe the model or its fitting; when none is given (flag or config file),
 # Easy mode applies the paper's BP-2D-03 recipe and adapts it to the data.
 _MODEL_OPTIONS = (
@@ -53,92 +55,64 @@ class _Group:
 def add_fit_options(parser: argparse.ArgumentParser, leave_out: Collection[str] = ()) -> None:
     """Add the options of `bone fit` to `parser`, in its groups, except those whose destination
     is in `leave_out` (`bone cv` and `bone bench` take the fit options, less a few of their own).
-    Options left out read as not given in build_config."""
-    from bone_apps.core.io.formats import LEVEL_HELP
-    from bone_apps.core.jobs.devices import DEVICE_FORMS
+    Options left out read as not given in build_config. Each FitConfig option comes from its
+    field's metadata (bone_apps.core.options); the rest steer the command itself."""
+    from bone_apps.core.fit.config import RESUMABLE_CHANGES, FitConfig
+    from bone_apps.core.options import described
+
+    described_fit = described(FitConfig)
 
     def group(title: str) -> _Group:
         return _Group(parser.add_argument_group(title), leave_out)
 
+    def add(where: _Group, *names: str) -> None:
+        for name in names:
+            form = _CLI_FORM.get(name, {})
+            if form.get("dest", name) not in where.leave_out:
+                add_option(where.group, FitConfig, name, **form)
+
     data = group("data")
-    data.add_argument("--data", type=Path, metavar="ROOT",
-                      help="dataset folder with ROOT/scans/<id> and ROOT/masks/<id>")
-    data.add_argument("--pair", nargs=2, action="append", metavar=("SCAN", "MASK"),
-                      help="one scan and its mask (repeat for more)")
+    add(data, "data", "pairs")
     data.add_argument("--config", type=Path, metavar="FILE.json",
                       help="options from a JSON file (as written to OUT/config.json); flags win")
-    data.add_argument("--level", type=int, metavar="N", help=LEVEL_HELP)
-    data.add_argument("--val-scans", nargs="+", metavar="ID", help="validate on these scans")
-    data.add_argument("--train-fraction", type=float, metavar="F",
-                      help="fraction of whole scans that fit; the rest validate (0.8)")
-    data.add_argument("--class-names", type=_names, metavar="A,B,C",
-                      help="names of labels 0, 1, ...; declares the classes")
-    data.add_argument("--seed", type=int, help="random seed (42)")
-    data.add_argument("--cache-dir", type=Path, metavar="DIR", help="where per-scan statistics are cached")
-    data.add_argument("--stats-workers", type=int, metavar="N", help="processes computing statistics")
+    add(data, "level", "val_scans", "train_fraction", "class_names", "seed", "cache_dir",
+        "stats_workers")
 
     out = group("output")
-    out.add_argument("--out", type=Path, metavar="DIR", help="output folder")
+    add(out, "out")
+    free = [meta.flag for name, meta in described_fit.items() if name in RESUMABLE_CHANGES and name != "out"]
     out.add_argument("--resume", type=Path, metavar="DIR",
-                     help="continue the run in DIR with its options; only --workers, "
-                          "--stats-workers, --cache-dir, --device and --no-profile may differ, "
-                          "and --epochs may name a new total above the epochs done (the cosine "
-                          "schedule is then planned over the new total, going on from the "
-                          "epoch reached)")
+                     help=f"continue the run in DIR with its options; only {', '.join(free[:-1])} "
+                          f"and {free[-1]} may differ, and --epochs may name a new total above the "
+                          "epochs done (the cosine schedule is then planned over the new total, "
+                          "going on from the epoch reached)")
     out.add_argument("--overwrite", action="store_true", default=False,
                      help="replace an earlier run in --out")
 
     model = group("model")
-    model.add_argument("--easy", action="store_true", default=False,
-                       help="Easy mode even when model options are given")
+    add(model, "easy")
     model.add_argument("--list-models", action="store_true", default=False,
                        help="print the architectures and encoders, then exit")
-    model.add_argument("--dims", choices=["2d", "2.5d", "3d"], help="fitting mode (2d)")
-    model.add_argument("--context", type=int, metavar="K", help="2.5D: slices on each side (1)")
-    model.add_argument("--patch", type=int, metavar="PX", help="patch size in px (256)")
-    model.add_argument("--patch-depth", type=int, metavar="SLICES", help="3D: patch depth in slices (16)")
-    model.add_argument("--patches-per-tile", type=int, metavar="N", help="random patches per tile (4)")
-    model.add_argument("--max-overlap", type=float, metavar="F", help="max overlap of two patches (0.5)")
-    model.add_argument("--no-augment", dest="augment", action="store_false", default=None,
-                       help="no augmentation")
+    add(model, "dims", "context", "patch", "patch_depth", "patches_per_tile", "max_overlap", "augment")
     for flag, what in (("hflip", "horizontal flip"), ("vflip", "vertical flip"),
                        ("rotate", "rotation by 90/180/270"), ("brightness", "brightness shift"),
                        ("contrast", "contrast scale")):
         model.add_argument(f"--aug-{flag}", type=float, metavar="P", help=f"probability of {what}")
-    model.add_argument("--norm", choices=["zscore", "minmax", "minmax-full"],
-                       help="per-scan normalization (zscore; minmax uses 0.5-99.5 %% percentiles)")
-    model.add_argument("--arch", help="architecture (Unet); see --list-models")
-    model.add_argument("--encoder", help="encoder (resnet18); see --list-models")
-    model.add_argument("--init", metavar="random|imagenet|auto|FILE.pth",
-                       help="initial weights (auto: ImageNet when available, else random)")
+    add(model, "norm", "arch", "encoder", "init")
 
     fitting = group("fitting")
-    fitting.add_argument("--loss", choices=["jaccard", "dice", "focal-tversky", "ce+jaccard"],
-                         help="loss function (jaccard)")
-    fitting.add_argument("--optimizer", choices=["adam", "adamw", "sgd"],
-                         help="optimizer (adam; sgd uses momentum 0.9)")
-    fitting.add_argument("--lr", type=float, help="learning rate (0.001)")
-    fitting.add_argument("--weight-decay", type=float, metavar="WD", help="(adamw 0.01, else 0)")
-    fitting.add_argument("--scheduler", choices=["cosine", "cosine-restarts", "constant"],
-                         help="learning-rate schedule, stepped each epoch (cosine: one cycle)")
-    fitting.add_argument("--restart-epochs", type=int, metavar="N", help="cosine-restarts period (5)")
-    fitting.add_argument("--epochs", type=int, metavar="N",
-                         help="passes over the training tiles (25); with --resume, a larger "
-                              "total fits the extra epochs")
-    fitting.add_argument("--batch", type=int, metavar="N", help="patches per update (64)")
-    fitting.add_argument("--val-slices", type=int, metavar="N",
-                         help="central slices of each validation scan predicted whole after each "
-                              "epoch, as prediction runs; that score picks the best epoch "
-                              "(64; 0: all; -1: score patches only)")
-    fitting.add_argument("--device", metavar="|".join(DEVICE_FORMS),
-                         help="where fitting runs (auto; several GPUs: DataParallel)")
-    fitting.add_argument("--precision", choices=["auto", "fp32", "fp16", "bf16"],
-                         help="auto: mixed fp16 on CUDA, fp32 on the CPU")
-    fitting.add_argument("--workers", type=int, metavar="N", help="data loader processes (one per core)")
-    fitting.add_argument("--reproducible", action="store_true", default=None,
-                         help="deterministic algorithms: reruns give identical weights")
-    fitting.add_argument("--no-profile", dest="profile", action="store_false", default=None,
-                         help="skip counting FLOPs")
+    add(fitting, "loss", "optimizer", "lr", "weight_decay", "scheduler", "restart_epochs", "epochs",
+        "batch", "val_slices", "device", "precision", "workers", "reproducible", "profile")
+
+
+# How some FitConfig options read on the command line, beyond their metadata: folders as paths,
+# names as one comma-separated word, repeated pairs, and flags that are not given unless given.
+_CLI_FORM: dict[str, dict] = {
+    "data": {"type": Path}, "out": {"type": Path}, "cache_dir": {"type": Path},
+    "pairs": {"dest": "pair", "action": "append"}, "class_names": {"type": _names},
+    "easy": {"default": False}, "augment": {"default": None}, "reproducible": {"default": None},
+    "profile": {"default": None},
+}
 
 
 def list_models_text() -> str:
@@ -196,18 +170,16 @@ def _options(args: argparse.Namespace, augmentation: dict | None = None) -> tupl
     """Options from --config, overridden by the flags given: (all values, values given as
     flags, names from the file). Flags left out are not in either. --aug-* flags change the
     file's augmentation, else `augmentation`, else the defaults."""
-    from bone_apps.core.data.sampling import AugmentConfig
+    from bone_apps.core.data.augment import AugmentConfig
     from bone_apps.core.fit.config import FitConfig
 
     values: dict = {}
     if getattr(args, "config", None) is not None:
         values = FitConfig.load(args.config).to_dict()
     from_file = set(values)
-    fields = ("data", "level", "val_scans", "train_fraction", "class_names", "seed", "cache_dir",
-              "stats_workers", "out", "dims", "context", "patch", "patch_depth",
-              "patches_per_tile", "max_overlap", "augment", "norm", "arch", "encoder", "init",
-              "loss", "optimizer", "lr", "weight_decay", "scheduler", "restart_epochs", "epochs",
-              "batch", "val_slices", "device", "precision", "workers", "reproducible", "profile")
+    from bone_apps.core.options import described
+
+    fields = [name for name in described(FitConfig) if name not in ("pairs", "easy")]
     # Options a command left out (add_fit_options) are not given.
     flags = {name: getattr(args, name, None) for name in fields}
     given = {k: v for k, v in flags.items() if v is not None}
@@ -341,13 +313,8 @@ class FitConsole:
     def show(self, event):
         from tqdm import tqdm
 
-        from bone_apps.core.fit.loop import (
-            EpochEnd,
-            FitFinished,
-            FitMessage,
-            StatsProgress,
-            StepProgress,
-        )
+        from bone_apps.core.data.normalize import StatsProgress
+        from bone_apps.core.fit.records import EpochEnd, FitFinished, FitMessage, StepProgress
 
         if isinstance(event, FitFinished):
             self.close()

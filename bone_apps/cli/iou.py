@@ -55,10 +55,10 @@ def format_table(result) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from bone_apps.cli import run_with_bar
     from bone_apps.core.io.formats import at_level
     from bone_apps.core.io.outputs import check_target
     from bone_apps.core.io.volume import open_volume
-    from bone_apps.core.jobs.run import run_to_end
     from bone_apps.core.score.scoring import score_stacks, write_result_json
 
     if args.json:
@@ -71,23 +71,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"note: {volume.skipped_note()}", file=sys.stderr)
     job = score_stacks(reference, prediction, class_names=args.class_names,
                        ignore_background=args.ignore_background, device=args.device)
-    bar = None
-
-    def show(progress) -> None:
-        nonlocal bar
-        if bar is None and progress.total >= _PROGRESS_MIN_SLICES:
-            from tqdm import tqdm
-
-            bar = tqdm(total=progress.total, unit="slice", desc="scoring", file=sys.stderr,
-                       disable=None, leave=False)
-        if bar is not None:
-            bar.update(progress.done - bar.n)
-
-    try:
-        result = run_to_end(job, show)
-    finally:
-        if bar is not None:
-            bar.close()
+    result = run_with_bar(job, "slice", "scoring", min_total=_PROGRESS_MIN_SLICES)
     print(f"reference:  {args.reference}\nprediction: {args.prediction}\n")
     print(format_table(result))
     if args.json:

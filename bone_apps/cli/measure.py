@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 
@@ -61,9 +60,9 @@ def _voxel_size(values: list[float] | None) -> tuple[float, float, float] | None
 
 
 def run(args: argparse.Namespace) -> int:
+    from bone_apps.cli import run_with_bar
     from bone_apps.core.io.formats import at_level
     from bone_apps.core.io.outputs import check_target, write_json_file
-    from bone_apps.core.jobs.run import run_to_end
     from bone_apps.core.measure.morphometry import (
         MeasureOptions,
         check_csv_target,
@@ -81,24 +80,7 @@ def run(args: argparse.Namespace) -> int:
         roi=None if args.roi is None else at_level(args.roi, args.level),
         cortical=tuple(args.cortical or ()), slab_slices=args.slab)
     job = measure_stacks(at_level(args.mask, args.level), options, maps=args.maps, overwrite=args.overwrite)
-    bar = None
-
-    def show(progress) -> None:
-        nonlocal bar
-        if bar is None:
-            from tqdm import tqdm
-
-            bar = tqdm(total=progress.total, unit="step", desc="measuring", file=sys.stderr,
-                       disable=None, leave=False)
-        bar.total = progress.total
-        bar.set_description(progress.stage, refresh=False)
-        bar.update(progress.done - bar.n)
-
-    try:
-        result = run_to_end(job, show)
-    finally:
-        if bar is not None:
-            bar.close()
+    result = run_with_bar(job, "step", "measuring")
     z, y, x = result.voxel_size_um
     print(f"mask:       {result.mask}")
     if result.roi:

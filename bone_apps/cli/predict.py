@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from dataclasses import fields
 from pathlib import Path
+
+from bone_apps.cli.clean import add_clean_options
+from bone_apps.cli.options import add_option
 
 
 def _batch(text: str) -> int | None:
@@ -22,16 +24,18 @@ def _batch(text: str) -> int | None:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from bone_apps.core.fit.slice_validation import InferenceSettings
-    from bone_apps.core.io.formats import LEVEL_HELP, VOLUME_HELP, VolumeFormat
-    from bone_apps.core.jobs.devices import DEVICE_FORMS
+    from bone_apps.core.io.formats import LEVEL_HELP, VOLUME_HELP
+    from bone_apps.core.options import defaults
     from bone_apps.core.predict.config import PredictConfig
-    from bone_apps.core.predict.windows import BlendMode
 
-    # Defaults are PredictConfig's; None for chunk, overlap and blend means "from the weights",
-    # whose fallback for weights that say nothing is the paper's InferenceSettings.
-    default = {f.name: f.default for f in fields(PredictConfig)}
-    paper = InferenceSettings()
+    # Each PredictConfig option comes from its field (help, choices, default); None for chunk,
+    # overlap and blend means "from the weights".
+    default = defaults(PredictConfig)
+
+    def add(*names: str, **overrides) -> None:
+        for name in names:
+            add_option(parser, PredictConfig, name, default=default[name], **overrides)
+
     parser = subparsers.add_parser(
         "predict", help="segment scans with a fitted model (.pth, or an exported .onnx) into label stacks",
         description="Predict a label stack for each scan: chunks are normalized like in fitting, "
@@ -44,59 +48,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help=f"scans, each {VOLUME_HELP}")
     parser.add_argument("--data", type=Path, metavar="ROOT",
                         help="predict every scan in ROOT/scans (instead of naming scans)")
-    parser.add_argument("--weights", type=Path, required=True, metavar="MODEL.pth",
-                        help="weights file written by bone fit (.pth), or an .onnx written by bone "
-                             "export (run with onnxruntime)")
-    parser.add_argument("--out", type=Path, required=True, metavar="OUT",
-                        help="one scan: its label stack, of the scan's kind unless the name says another "
-                             "(a folder, .tif, .ome.zarr, .nii.gz, .h5; SCAN.ome.zarr/labels/NAME joins the "
-                             "scan's OME-Zarr labels group); several: a folder receiving OUT/<id>")
-    parser.add_argument("--format", dest="out_format", choices=[f.value for f in VolumeFormat],
-                        default=default["out_format"],
-                        help="format of the label stacks and probability maps (default: each scan's "
-                             "own): tiff (a folder of slices, or OUT.tif), zarr (OME-Zarr with a "
-                             "multiscale pyramid), nifti, hdf5")
+    add_option(parser, PredictConfig, "weights", required=True)
+    add_option(parser, PredictConfig, "out", required=True)
+    add("out_format")
     parser.add_argument("--level", type=int, metavar="N", help=LEVEL_HELP)
-    parser.add_argument("--chunk", type=int, default=default["chunk"], metavar="N",
-                        help="chunk edge in pixels (default: what the fit validated, from the weights; "
-                             f"{paper.chunk} for older weights; shrunk to small slices)")
-    parser.add_argument("--chunk-depth", type=int, default=default["chunk_depth"], metavar="N",
-                        help="3D models: chunk depth in slices (default: the fitted patch depth)")
-    parser.add_argument("--overlap", type=float, default=default["overlap"], metavar="F",
-                        help="fraction of a chunk shared with its neighbour, in [0, 1) (default: from "
-                             f"the weights; {paper.overlap:g} for older weights)")
-    parser.add_argument("--threshold", type=float, default=default["threshold"], metavar="T",
-                        help="voxels whose winning probability is below T become background "
-                             f"(default {default['threshold']:g}; 0 keeps every label)")
-    parser.add_argument("--blend", choices=[m.value for m in BlendMode], default=default["blend"],
-                        help=f"weighting of overlapping chunks (default: from the weights; {paper.blend} "
-                             "for older weights)")
-    parser.add_argument("--batch", type=_batch, default=default["batch"], metavar="auto|N",
-                        help="chunks per forward pass (default auto: from free GPU memory or RAM)")
-    parser.add_argument("--device", default=default["device"], metavar="|".join(DEVICE_FORMS),
-                        help=f"where the network runs (default {default['device']}; several GPUs: "
-                             "cuda:0,1 or cuda:all)")
-    parser.add_argument("--tta", action="store_true", default=default["tta"],
-                        help="average over flipped copies (4x slower)")
-    parser.add_argument("--probabilities", action="store_true", default=default["probabilities"],
-                        help="also write each class's probability stack (uint8, 0-255) next to the labels")
-    parser.add_argument("--report", type=Path, default=default["report"], metavar="FILE.json",
-                        help="also write the report as JSON")
+    add("chunk", "chunk_depth", "overlap", "threshold", "blend")
+    add("batch", type=_batch)
+    add("device", "tta", "probabilities", "report")
     clean = parser.add_argument_group(
         "clean-up (off unless one of these is given)",
         "Clean each label stack before it is saved, as `bone clean` would: removed voxels take the "
         "label that surrounds them most. LABEL is a value as written in the output. The labels are "
         "then held in memory (about 14 bytes per voxel); the report records the options and the "
         "voxels each class gained or lost.")
-    clean.add_argument("--clean-largest", type=int, nargs="+", metavar="LABEL",
-                       help="keep only the largest connected piece of these labels")
-    clean.add_argument("--clean-min-island", type=int, default=0, metavar="N",
-                       help="remove pieces of any non-zero label with fewer than N voxels")
-    clean.add_argument("--clean-fill-holes", type=int, default=0, metavar="N",
-                       help="fill background pockets enclosed by one label with fewer than N voxels")
-    parser.add_argument("--overwrite", action="store_true", default=default["overwrite"],
-                        help="replace existing outputs, only ones bone_apps wrote (others are "
-                             "never touched)")
+    add_clean_options(clean, "clean-")
+    add("overwrite")
     parser.set_defaults(func=run, command="predict")
 
 
@@ -117,7 +83,8 @@ class _Progress:
                         dynamic_ncols=True, **kwargs)
 
     def __call__(self, event) -> None:
-        from bone_apps.core.predict.segment import ScanCleaning, ScanStarted, SliceProgress, StatsProgress
+        from bone_apps.core.data.normalize import StatsProgress
+        from bone_apps.core.predict.reports import ScanCleaning, ScanStarted, SliceProgress
 
         if isinstance(event, StatsProgress):
             if self.kind != "stats":
@@ -145,9 +112,11 @@ def run(args: argparse.Namespace) -> int:
     from bone_apps.core.errors import PredictConfigError
     from bone_apps.core.io.formats import at_level
     from bone_apps.core.jobs.run import run_to_end
+    from bone_apps.core.options import described
     from bone_apps.core.predict.cleanup import CleanOptions
     from bone_apps.core.predict.config import PredictConfig
-    from bone_apps.core.predict.segment import predict, scans_in
+    from bone_apps.core.predict.output_plan import scans_in
+    from bone_apps.core.predict.segment import predict
 
     if args.data is not None and args.scans:
         raise PredictConfigError("name scans or give --data ROOT, not both.")
@@ -156,13 +125,10 @@ def run(args: argparse.Namespace) -> int:
         raise PredictConfigError("no scan was given: name scan folders or TIFF files, or give --data ROOT.")
     scans = [at_level(scan, args.level) for scan in scans]
     config = PredictConfig(
-        scans=tuple(scans), weights=args.weights, out=args.out, chunk=args.chunk,
-        chunk_depth=args.chunk_depth, overlap=args.overlap, threshold=args.threshold, blend=args.blend,
-        batch=args.batch, device=args.device, tta=args.tta, probabilities=args.probabilities,
-        overwrite=args.overwrite, report=args.report, stats_cache=default_cache_dir(),
+        scans=tuple(scans), stats_cache=default_cache_dir(),
         clean=CleanOptions(largest=tuple(args.clean_largest or ()), min_island=args.clean_min_island,
                            fill_holes=args.clean_fill_holes),
-        out_format=args.out_format)
+        **{name: getattr(args, name) for name in described(PredictConfig)})
     rank = int(os.environ.get("RANK", "0") or 0)
     # The report is checked with the other outputs before any work, and written by rank 0.
     progress = _Progress(enabled=rank == 0)

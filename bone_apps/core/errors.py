@@ -6,6 +6,11 @@ from __future__ import annotations
 class BoneAppsError(Exception):
     """A problem with the user's input or environment, with a one-sentence fix-it message."""
 
+    def shown(self, as_label: bool = False) -> str:
+        """The message as a front end shows it; options are named by label when `as_label`
+        (the windows) and by flag otherwise (the command line)."""
+        return str(self)
+
 
 class VolumeError(BoneAppsError):
     """A scan or mask on disk cannot be used as it is."""
@@ -35,7 +40,32 @@ class PretrainedUnavailableError(BoneAppsError):
     """Pretrained (ImageNet) encoder weights cannot be obtained, e.g. offline."""
 
 
-class FitConfigError(BoneAppsError):
+class OptionError(BoneAppsError):
+    """An option of a job's config is invalid; `field` names it (a field of the config).
+
+    The message writes an option it names as {field_name}; str() shows each as its flag
+    (`--norm`, for the command line) and `shown(as_label=True)` as its label ("Normalization",
+    for the windows), both from the config's field metadata (bone_apps.core.options).
+    """
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+    def __reduce__(self):  # keep the field when the error crosses processes (DDP ranks)
+        return type(self), (self.args[0] if self.args else "", self.field)
+
+    def shown(self, as_label: bool = False) -> str:
+        """The message, naming options by flag, or by label when `as_label`."""
+        from bone_apps.core.options import render
+
+        return render(str(self.args[0]) if self.args else "", type(self), as_label)
+
+    def __str__(self) -> str:
+        return self.shown()
+
+
+class FitConfigError(OptionError):
     """A fitting option is invalid or does not suit the data."""
 
 
@@ -43,7 +73,7 @@ class DataCheckError(BoneAppsError):
     """Scan/mask pairs failed the checks before fitting; the message lists every problem."""
 
 
-class PredictConfigError(BoneAppsError):
+class PredictConfigError(OptionError):
     """A prediction option is invalid or does not suit the scan or the model."""
 
 

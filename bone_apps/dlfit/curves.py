@@ -23,29 +23,12 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from bone_apps.core.jobs.units import bytes_text, duration_text
 from bone_apps.ui.plot import LinePlot
 
 LOG_LINES = 5000  # the log file keeps everything; the pane keeps the recent part
 MIN_TIMED_BATCHES = 2  # fewer timed batches give no meaningful estimate
 DONE_FORMAT = "%v of %m epochs done"
-
-
-def format_duration(seconds: float | None) -> str:
-    """'1 h 02 min', '3 min 05 s', '42 s'; an em dash when unknown."""
-    if seconds is None or seconds != seconds or seconds < 0:
-        return "—"
-    seconds = int(round(seconds))
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    if hours:
-        return f"{hours} h {minutes:02d} min"
-    return f"{minutes} min {secs:02d} s" if minutes else f"{secs} s"
-
-
-def format_bytes(value: float | None) -> str:
-    if value is None:
-        return "—"
-    return f"{value / 2**30:.1f} GiB" if value >= 2**30 else f"{value / 2**20:.0f} MiB"
 
 
 class FitMonitor(QWidget):
@@ -223,8 +206,8 @@ class FitMonitor(QWidget):
         else:
             per_epoch, epoch_left = elapsed + phase_left, phase_left
         run_left = epoch_left + per_epoch * max(0, self.epoch_bar.maximum() - epoch)
-        self.eta_label.setText(f"Epoch {epoch}: {format_duration(epoch_left)} left · whole fit: "
-                               f"about {format_duration(run_left)} left")
+        self.eta_label.setText(f"Epoch {epoch}: {duration_text(epoch_left)} left · whole fit: "
+                               f"about {duration_text(run_left)} left")
 
     def set_epoch_seconds(self, seconds: float) -> None:
         self._epoch_times.append(seconds)
@@ -276,7 +259,7 @@ class FitMonitor(QWidget):
             self._show_ram()
         if gpu_util is not None or vram is not None:
             util = "—" if gpu_util is None else f"{gpu_util:.0f} %"
-            self.gpu_label.setText(f"GPU: {util} busy · {format_bytes(vram)} memory at peak")
+            self.gpu_label.setText(f"GPU: {util} busy · {bytes_text(vram)} memory at peak")
 
     def set_ram_now(self, ram: float) -> None:
         self._ram_now = ram
@@ -285,9 +268,9 @@ class FitMonitor(QWidget):
     def _show_ram(self) -> None:
         parts = []
         if self._ram_now is not None:
-            parts.append(f"{format_bytes(self._ram_now)} now")
+            parts.append(f"{bytes_text(self._ram_now)} now")
         if self._ram_peak is not None:
-            parts.append(f"{format_bytes(self._ram_peak)} peak")
+            parts.append(f"{bytes_text(self._ram_peak)} peak")
         self.ram_label.setText("RAM: " + " · ".join(parts))
 
     def append_log(self, line: str) -> None:

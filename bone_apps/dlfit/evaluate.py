@@ -35,7 +35,7 @@ from bone_apps.dlfit.tips import plain_options
 from bone_apps.ui.dialogs import show_error
 from bone_apps.ui.experiment_views import BenchView, CVView
 from bone_apps.ui.pickers import PathPicker
-from bone_apps.ui.worker import JobFactory, JobWorker
+from bone_apps.ui.worker import JobFactory, JobWorker, dispose
 
 if TYPE_CHECKING:
     from bone_apps.dlfit.window import DLFitWindow
@@ -196,12 +196,9 @@ class ExperimentDialog(QDialog):
         self.progress = ExperimentProgress()
         self.log.clear()
         self.status.setText("Running…")
-        self.worker = JobWorker(factory)
-        self.worker.yielded.connect(self._on_record)
-        self.worker.returned.connect(self._on_result)
-        self.worker.errored.connect(self._error)
-        self.worker.cancelled.connect(self._on_cancelled)
-        self.worker.finished.connect(self._on_finished)
+        self.worker = JobWorker(factory, yielded=self._on_record, returned=self._on_result,
+                                errored=self._error, cancelled=self._on_cancelled,
+                                finished=self._on_finished)
         self._set_running(True)
         self.worker.start()
 
@@ -252,10 +249,7 @@ class ExperimentDialog(QDialog):
         self.status.setText("Stopped while the scans were being checked: no fit had begun.")
 
     def _on_finished(self) -> None:
-        if self.worker is not None:
-            self.worker.wait()
-            self.worker.deleteLater()
-        self.worker = None
+        self.worker = dispose(self.worker)
         self._set_running(False)
         if self.result is None and self.last_error:
             self.status.setText("Not finished: see the message. " + CONTINUE)

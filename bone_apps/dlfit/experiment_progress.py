@@ -8,9 +8,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from bone_apps.core.data.normalize import StatsProgress
 from bone_apps.core.evaluate.runs import RunProgress, RunStarted, ScanScored
-from bone_apps.core.fit import loop as fit_records
-from bone_apps.core.predict import segment as predict_records
+from bone_apps.core.fit import records as fit_records
+from bone_apps.core.predict import reports as predict_records
 from bone_apps.core.score.scoring import ScoreProgress
 
 ACTIONS = {"fit": "fitting", "refit": "fitting again (the earlier attempt saved no checkpoint)",
@@ -41,6 +42,7 @@ class ExperimentProgress:
     def __init__(self) -> None:
         self.state = ProgressState()
         self._scan = ""
+        self._fitted = False  # the run's fit is over: statistics are now the test scans'
 
     def follow(self, record: object) -> list[str]:
         s = self.state
@@ -49,6 +51,7 @@ class ExperimentProgress:
             s.run_text = (f"Fit {record.index + 1} of {record.total}: {record.label} — "
                           f"{ACTIONS[record.action]}")
             self._stage("Starting…")
+            self._fitted = record.action == "kept"
             return [f"[{record.index + 1}/{record.total}] {record.label}: {ACTIONS[record.action]} "
                     f"({Path(record.out).name}/)"]
         if isinstance(record, RunProgress):
@@ -77,15 +80,15 @@ class ExperimentProgress:
         elif isinstance(event, fit_records.EpochEnd):
             return [f"  epoch {event.epoch}/{event.epochs}: validation IoU {_score(event.val_iou)}"
                     + (" (best so far)" if event.improved else "")]
-        elif isinstance(event, fit_records.StatsProgress):
-            self._stage(f"Checking the scans and their statistics: {event.done} of {event.total}",
-                        event.done, event.total)
+        elif isinstance(event, StatsProgress):
+            what = ("Statistics of the test scans" if self._fitted
+                    else "Checking the scans and their statistics")
+            self._stage(f"{what}: {event.done} of {event.total}", event.done, event.total)
+        elif isinstance(event, fit_records.FitFinished):
+            self._fitted = True
         elif isinstance(event, fit_records.FitMessage):
             if event.level != "info":  # setup lines are in the fit's fit.log
                 return [f"  {event.level}: {event.text}"]
-        elif isinstance(event, predict_records.StatsProgress):
-            self._stage(f"Statistics of the test scans: {event.done} of {event.total}",
-                        event.done, event.total)
         elif isinstance(event, predict_records.ScanStarted):
             self._scan = Path(event.scan).name
             self._stage(f"Predicting {self._scan}", 0, event.shape[0])

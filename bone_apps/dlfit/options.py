@@ -20,13 +20,13 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from bone_apps.core.data.normalize import NormMethod
-from bone_apps.core.data.sampling import AugmentConfig, Dims
+from bone_apps.core.data.augment import AugmentConfig
+from bone_apps.core.data.sampling import Dims
 from bone_apps.core.errors import BoneAppsError
-from bone_apps.core.fit.config import PRECISIONS, FitConfig
-from bone_apps.core.model.losses import LOSSES, OPTIMIZERS, SCHEDULERS
-from bone_apps.core.model.models import REQUIRED_MULTIPLE_2D, REQUIRED_MULTIPLE_3D
+from bone_apps.core.fit.config import FitConfig, Precision
+from bone_apps.core.model.models import required_multiple
 from bone_apps.core.model.weights import load_weights, summarize_meta
+from bone_apps.core.options import described
 from bone_apps.dlfit.choices import architecture_choices, encoder_choices
 from bone_apps.dlfit.tips import TIPS, TORCHRUN_NOTE
 from bone_apps.ui.pickers import WEIGHTS_FILTER, WEIGHTS_TITLE, PathPicker
@@ -48,6 +48,7 @@ LABELS = {
     "scheduler": {"cosine": "Cosine, one cycle (paper)", "cosine-restarts":
                   "Cosine with warm restarts", "constant": "Constant"},
 }
+OPTIONS = described(FitConfig)  # each option's label, as messages name it too
 _AUG_FIELDS = [f.name for f in fields(AugmentConfig)]
 _AUTO_NONE = ("workers", "stats_workers", "weight_decay")  # minimum of the spin box = None
 
@@ -107,28 +108,29 @@ class AdvancedOptions(QWidget):
         d = FitConfig(out="")
         aug = AugmentConfig()
 
-        self.w["reproducible"] = self._check("Reproducible (seeds + deterministic algorithms)")
+        self.w["reproducible"] = self._check(OPTIONS["reproducible"].label)
         self.w["seed"] = self._int(0, 2**31 - 1, d.seed)
         self.w["device"] = self._combo("device", list(LABELS["device"]))
-        self.w["precision"] = self._combo("precision", list(PRECISIONS))
+        self.w["precision"] = self._combo("precision", [m.value for m in Precision])
         self.w["workers"] = self._int(-1, 64, -1, special="Automatic")
         self.w["stats_workers"] = self._int(-1, 64, -1, special="Automatic")
-        self.w["profile"] = self._check("Count FLOPs and parameters at the start")
+        self.w["profile"] = self._check(OPTIONS["profile"].label)
         note = QLabel(TORCHRUN_NOTE)
         note.setWordWrap(True)
         note.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-        self.w["dims"] = self._combo("dims", [m.value for m in Dims])
+        self.w["dims"] = self._combo("dims", list(OPTIONS["dims"].choices))
         self.w["context"] = self._int(0, 16, d.context)
-        self.w["patch_depth"] = self._int(REQUIRED_MULTIPLE_3D, 512, d.patch_depth,
-                                          step=REQUIRED_MULTIPLE_3D)
-        self.w["patch"] = self._int(REQUIRED_MULTIPLE_2D, 4096, d.patch, step=REQUIRED_MULTIPLE_2D)
+        # Patch sizes step by what the network needs (models.required_multiple, before any model).
+        depth_multiple, patch_multiple = required_multiple(None, Dims.D3), required_multiple(None, d.dims)
+        self.w["patch_depth"] = self._int(depth_multiple, 512, d.patch_depth, step=depth_multiple)
+        self.w["patch"] = self._int(patch_multiple, 4096, d.patch, step=patch_multiple)
         self.w["patches_per_tile"] = self._int(1, 256, d.patches_per_tile)
         self.w["max_overlap"] = self._float(0.0, 1.0, d.max_overlap, 0.05, 2)
-        self.w["augment"] = self._check("Augment training patches")
+        self.w["augment"] = self._check(OPTIONS["augment"].label)
         for name in _AUG_FIELDS:
             high = 0.5 if name == "brightness" else 3.0 if name.startswith("contrast") else 1.0
             self.w[name] = self._float(0.0, high, getattr(aug, name), 0.01, 3)
-        self.w["norm"] = self._combo("norm", [m.value for m in NormMethod])
+        self.w["norm"] = self._combo("norm", list(OPTIONS["norm"].choices))
         self.w["train_fraction"] = self._float(0.05, 0.95, d.train_fraction, 0.05, 2)
         self.w["arch"] = QComboBox()
         self.w["encoder"] = QComboBox()
@@ -140,10 +142,10 @@ class AdvancedOptions(QWidget):
                                     file_title=WEIGHTS_TITLE)
         self.init_file.folder_button.hide()
         self.init_file.changed.connect(self._adopt_weights)
-        self.w["loss"] = self._combo("loss", list(LOSSES))
-        self.w["optimizer"] = self._combo("optimizer", list(OPTIMIZERS))
+        self.w["loss"] = self._combo("loss", list(OPTIONS["loss"].choices))
+        self.w["optimizer"] = self._combo("optimizer", list(OPTIONS["optimizer"].choices))
         self.w["weight_decay"] = self._float(-0.0001, 1.0, -0.0001, 0.001, 4, special="Automatic")
-        self.w["scheduler"] = self._combo("scheduler", list(SCHEDULERS))
+        self.w["scheduler"] = self._combo("scheduler", list(OPTIONS["scheduler"].choices))
         self.w["restart_epochs"] = self._int(1, 1000, d.restart_epochs)
         self.w["epochs"] = self._int(1, 10000, d.epochs)
         self.w["lr"] = LearningRateBox()
@@ -151,30 +153,26 @@ class AdvancedOptions(QWidget):
         for key, widget in self.w.items():
             widget.setToolTip(TIPS.get(key, ""))
 
+        for key, suffix in (("context", " slices each side"), ("patch_depth", " slices"), ("patch", " px")):
+            self.w[key].setSuffix(suffix)
         groups = [
-            ("Reproducibility", [("reproducible", ""), ("seed", "Seed:")]),
-            ("Device", [("device", "Device:"), ("precision", "Precision:"),
-                        ("workers", "Loader processes:"), ("stats_workers", "Statistics processes:"),
+            ("Reproducibility", [("reproducible", ""), ("seed", None)]),
+            ("Device", [("device", None), ("precision", None), ("workers", None), ("stats_workers", None),
                         ("profile", ""), (note, "")]),
-            ("Fitting mode", [("dims", "Mode:"), ("context", "Context (slices each side):"),
-                              ("patch_depth", "Patch depth (slices):")]),
-            ("Patch cropping", [("patch", "Patch size (px):"), ("patches_per_tile", "Patches per tile:"),
-                                ("max_overlap", "Maximum overlap:")]),
+            ("Fitting mode", [("dims", None), ("context", None), ("patch_depth", None)]),
+            ("Patch cropping", [("patch", None), ("patches_per_tile", None), ("max_overlap", None)]),
             ("Augmentation", [("augment", ""), ("p_hflip", "Horizontal flip chance:"),
                               ("p_vflip", "Vertical flip chance:"), ("p_rotate", "Rotation chance:"),
                               ("p_brightness", "Brightness chance:"), ("brightness", "Brightness ±:"),
                               ("p_contrast", "Contrast chance:"), ("contrast_low", "Contrast from:"),
                               ("contrast_high", "Contrast to:")]),
-            ("Normalization", [("norm", "Method:")]),
-            ("Training / validation split", [("train_fraction", "Training fraction:")]),
-            ("Model", [("arch", "Architecture:"), ("encoder", "Encoder (backbone):"),
-                       ("class_names", "Class names:")]),
-            ("Initial weights", [("init", "Start from:"), (self.init_file, "File:")]),
-            ("Loss, optimizer, scheduler", [
-                ("loss", "Loss:"), ("optimizer", "Optimizer:"), ("weight_decay", "Weight decay:"),
-                ("scheduler", "Scheduler:"), ("restart_epochs", "Epochs per restart:")]),
-            ("Hyperparameters", [("epochs", "Epochs:"), ("lr", "Learning rate:"),
-                                 ("batch", "Batch size:")]),
+            ("Normalization", [("norm", None)]),
+            ("Training / validation split", [("train_fraction", None)]),
+            ("Model", [("arch", None), ("encoder", None), ("class_names", None)]),
+            ("Initial weights", [("init", None), (self.init_file, "File:")]),
+            ("Loss, optimizer, scheduler", [("loss", None), ("optimizer", None), ("weight_decay", None),
+                                            ("scheduler", None), ("restart_epochs", None)]),
+            ("Hyperparameters", [("epochs", None), ("lr", None), ("batch", None)]),
         ]
         column = QVBoxLayout(self)  # one column in the paper's order; the window scrolls it
         column.setContentsMargins(0, 0, 0, 0)
@@ -182,7 +180,8 @@ class AdvancedOptions(QWidget):
             box = QGroupBox(title)
             form = QFormLayout(box)
             form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
-            for item, label in rows:
+            for item, label in rows:  # None: the option's label (FitConfig's metadata)
+                label = OPTIONS[item].label + ":" if label is None else label
                 widget = self.w[item] if isinstance(item, str) else item
                 form.addRow(label, widget) if label else form.addRow(widget)
             column.addWidget(box)
@@ -206,18 +205,15 @@ class AdvancedOptions(QWidget):
         return box
 
     def _int(self, low: int, high: int, value: int, step: int = 1, special: str = "") -> QSpinBox:
-        box = QSpinBox()
-        box.setRange(low, high)
-        box.setSingleStep(step)
-        box.setSpecialValueText(special)
-        box.setValue(value)
-        box.valueChanged.connect(self._emit_changed)
-        return box
+        return self._spin(QSpinBox(), low, high, value, step, special)
 
     def _float(self, low: float, high: float, value: float, step: float, decimals: int,
                special: str = "") -> QDoubleSpinBox:
         box = QDoubleSpinBox()
-        box.setDecimals(decimals)
+        box.setDecimals(decimals)  # before the range and value, which it rounds
+        return self._spin(box, low, high, value, step, special)
+
+    def _spin(self, box, low, high, value, step, special: str):
         box.setRange(low, high)
         box.setSingleStep(step)
         box.setSpecialValueText(special)
@@ -263,6 +259,9 @@ class AdvancedOptions(QWidget):
 
     def _update_enabled(self) -> None:
         dims = self.w["dims"].currentData()
+        multiple = required_multiple(None, dims)
+        self.w["patch"].setSingleStep(multiple)
+        self.w["patch"].setMinimum(multiple)
         self.w["context"].setEnabled(dims == "2.5d")
         self.w["patch_depth"].setEnabled(dims == "3d")
         for name in _AUG_FIELDS:

@@ -36,7 +36,7 @@ from bone_apps.core.errors import BoneAppsError
 from bone_apps.dlfit.pair_check import PairCheck, check_queue
 from bone_apps.ui.pickers import VOLUME_FILTER
 from bone_apps.ui.settings import AppSettings
-from bone_apps.ui.worker import JobWorker
+from bone_apps.ui.worker import JobWorker, dispose
 
 SCAN, MASK, CHECK, VALIDATION = range(4)
 HEADERS = ("Scan", "Mask", "Check", "Validation")
@@ -293,17 +293,12 @@ class PairsPanel(QWidget):
     def _start_checks(self) -> None:
         if self._worker is not None or not self._queue:
             return
-        self._worker = JobWorker(lambda stop: check_queue(self._queue, stop))
-        self._worker.yielded.connect(self._on_check)
-        self._worker.errored.connect(self.error)
-        self._worker.finished.connect(self._on_checks_finished)
+        self._worker = JobWorker(lambda stop: check_queue(self._queue, stop), yielded=self._on_check,
+                                 errored=self.error, finished=self._on_checks_finished)
         self._worker.start()
 
     def _on_checks_finished(self) -> None:
-        if self._worker is not None:
-            self._worker.wait()
-            self._worker.deleteLater()
-        self._worker = None
+        self._worker = dispose(self._worker)
         self._start_checks()  # rows added while the last item was being counted
         if self._worker is None:
             self.changed.emit()

@@ -9,21 +9,16 @@ from pathlib import Path
 
 from PySide6.QtCore import QObject, QTimer, Signal
 
+from bone_apps.core.data.normalize import StatsProgress
+from bone_apps.core.fit import runfiles
 from bone_apps.core.fit.config import FitConfig
-from bone_apps.core.fit.loop import (
-    EpochEnd,
-    FitFinished,
-    FitMessage,
-    FitResult,
-    StatsProgress,
-    StepProgress,
-    fit,
-    runfiles,
-)
+from bone_apps.core.fit.loop import fit
+from bone_apps.core.fit.records import EpochEnd, FitFinished, FitMessage, FitResult, StepProgress
 from bone_apps.core.jobs.monitor import tree_rss_bytes
-from bone_apps.dlfit.curves import FitMonitor, format_bytes, format_duration
+from bone_apps.core.jobs.units import bytes_text, duration_text
+from bone_apps.dlfit.curves import FitMonitor
 from bone_apps.dlfit.tips import plain_options
-from bone_apps.ui.worker import JobWorker
+from bone_apps.ui.worker import JobWorker, dispose
 
 
 class FitRunner(QObject):
@@ -68,12 +63,9 @@ class FitRunner(QObject):
             self.monitor.start(config.epochs)
         self.monitor.append_log(("Resuming" if resume else "Starting") + f" a fit into {config.out}")
         self._first_epoch = first
-        self.worker = JobWorker(lambda stop: fit(config, resume=resume, overwrite=overwrite, stop=stop))
-        self.worker.yielded.connect(self._on_event)
-        self.worker.returned.connect(self._on_result)
-        self.worker.errored.connect(self._on_error)
-        self.worker.cancelled.connect(self._on_cancelled)
-        self.worker.finished.connect(self._on_finished)
+        self.worker = JobWorker(lambda stop: fit(config, resume=resume, overwrite=overwrite, stop=stop),
+                                yielded=self._on_event, returned=self._on_result, errored=self._on_error,
+                                cancelled=self._on_cancelled, finished=self._on_finished)
         self._ram.start()
         self.worker.start()
 
@@ -107,7 +99,7 @@ class FitRunner(QObject):
             monitor.append_log(
                 f"epoch {event.epoch}/{event.epochs}: loss {event.train_loss:.4f} / "
                 f"{event.val_loss:.4f}, IoU {event.train_iou:.4f} / {event.val_iou:.4f} "
-                f"(train / validation), {format_duration(event.epoch_seconds)}"
+                f"(train / validation), {duration_text(event.epoch_seconds)}"
                 + (" — best so far, weights saved" if event.improved else ""))
         elif isinstance(event, StatsProgress):
             monitor.set_preparing(event.done, event.total)
@@ -134,10 +126,7 @@ class FitRunner(QObject):
 
     def _on_finished(self) -> None:
         self._ram.stop()
-        if self.worker is not None:
-            self.worker.wait()
-            self.worker.deleteLater()
-        self.worker = None
+        self.worker = dispose(self.worker)
         self.monitor.set_idle()
         self.finished.emit(self.result)
 
@@ -152,12 +141,12 @@ def summary_text(result: FitResult) -> str:
     epochs = summary.get("epochs", "?")
     best = ("no validation IoU yet" if result.best_val_iou is None else
             f"best epoch {result.best_epoch} with validation IoU {result.best_val_iou:.4f}")
-    time_line = (f"Time: {format_duration(times.get('fit_loop_s'))} of fitting in all epochs; "
-                 f"{format_duration(times.get('wall_s'))} since the last Start or Resume")
+    time_line = (f"Time: {duration_text(times.get('fit_loop_s'))} of fitting in all epochs; "
+                 f"{duration_text(times.get('wall_s'))} since the last Start or Resume")
     if peaks.get("peak_ram_bytes"):
-        time_line += f"; peak RAM {format_bytes(peaks['peak_ram_bytes'])}"
+        time_line += f"; peak RAM {bytes_text(peaks['peak_ram_bytes'])}"
     if peaks.get("peak_vram_bytes"):
-        time_line += f", peak GPU memory {format_bytes(peaks['peak_vram_bytes'])}"
+        time_line += f", peak GPU memory {bytes_text(peaks['peak_vram_bytes'])}"
     if result.status == "stopped":
         return (f"Stopped after {result.epochs_done} of {epochs} epochs; {best}.\n"
                 f"Press Resume to continue from {result.checkpoint_path}.\n{time_line}.")

@@ -7,6 +7,11 @@ from __future__ import annotations
 
 import re
 
+from bone_apps.core.data.augment import AugmentConfig
+from bone_apps.core.errors import OptionError
+from bone_apps.core.fit.config import FitConfig
+from bone_apps.core.options import defaults, flags_as_labels, shown_value
+
 EASY_RECIPE = (
     "Easy mode fits the paper's tested recipe (BP-2D-03): a U-Net with a ResNet-18 encoder on "
     "2D slices, 256-px patches (4 per slice), Z-score normalization, augmentation, batch 64, "
@@ -42,17 +47,17 @@ TORCHRUN_NOTE = (
     "<code>torchrun --nproc_per_node=GPUS -m bone_apps fit --config CONFIG.json</code> "
     "on each node (much faster than “all GPUs” here).")
 
-TIPS: dict[str, str] = {
+_TIPS: dict[str, str] = {
     "out": "Folder for the fitted model (model.pth), the resumable checkpoint, logs and curves. "
            "Choose an empty folder for a new run; choosing the folder of a stopped run offers "
            "to resume it.",
-    "epochs": "How many times the whole training set is seen. Paper: 25. More epochs can help "
+    "epochs": "How many times the whole training set is seen. Paper: {default}. More epochs can help "
               "with many scans or hard classes; fewer give a quick first model.",
     "reproducible": "Fix every random seed and use deterministic algorithms, so a rerun on the "
                     "same computer gives bit-identical weights. Paper: on for its tables. It is "
                     "somewhat slower on GPUs; turn it off for everyday fitting.",
     "seed": "Starting number of every random draw (scan split, patch positions, augmentation, "
-            "initial weights). Paper: 42. Change it to see how much results vary by chance.",
+            "initial weights). Paper: {default}. Change it to see how much results vary by chance.",
     "device": "Where fitting runs. Automatic uses an NVIDIA GPU when there is one, else the "
               "CPU. “All GPUs” splits each batch over every GPU of this computer "
               "(DataParallel, the paper's multi-GPU mode).",
@@ -72,33 +77,33 @@ TIPS: dict[str, str] = {
     "patch_depth": "3D only: slices in each 3D patch (a multiple of 16). Paper: not used "
                    "(2D). Larger sees more context but needs much more memory.",
     "patch": "Width and height in pixels of the square crops the network learns from (a "
-             "multiple of 32; 16 in 3D). Paper: 256. Smaller patches fit more in memory; "
+             "multiple of 32; 16 in 3D). Paper: {default}. Smaller patches fit more in memory; "
              "larger ones see more context around each structure.",
-    "patches_per_tile": "Random patches cropped from each slice (tile) per epoch. Paper: 4. "
+    "patches_per_tile": "Random patches cropped from each slice (tile) per epoch. Paper: {default}. "
                         "Raise it for large slices so more of each slice is seen per epoch.",
     "max_overlap": "Largest share of a patch's area that may overlap another patch of the "
-                   "same slice (0 = no overlap, 1 = any). Default 0.5. Lower it for more "
+                   "same slice (0 = no overlap, 1 = any). Default {default}. Lower it for more "
                    "varied patches from large slices.",
     "augment": "Randomly flip, rotate (in 90° steps), brighten and change the contrast of "
                "training patches so the model copes with new scans. Paper: on. Turn it off "
                "only to compare with an unaugmented run.",
-    "p_hflip": "Chance per slice of a left-right flip. Paper: 0.166.",
-    "p_vflip": "Chance per slice of an up-down flip. Paper: 0.166.",
-    "p_rotate": "Chance per slice of a rotation by 90, 180 or 270°. Paper: 0.5. Flip and "
+    "p_hflip": "Chance per slice of a left-right flip. Paper: {default}.",
+    "p_vflip": "Chance per slice of an up-down flip. Paper: {default}.",
+    "p_rotate": "Chance per slice of a rotation by 90, 180 or 270°. Paper: {default}. Flip and "
                 "rotation chances together may not exceed 1 (the rest: no change).",
-    "p_brightness": "Chance per patch of a brightness shift. Paper: 0.4. Raise it when scans "
+    "p_brightness": "Chance per patch of a brightness shift. Paper: {default}. Raise it when scans "
                     "differ in overall brightness.",
-    "brightness": "Largest brightness shift, in normalized units. Paper: 0.15.",
-    "p_contrast": "Chance per patch of a contrast change. Paper: 0.4. Raise it when scans "
+    "brightness": "Largest brightness shift, in normalized units. Paper: {default}.",
+    "p_contrast": "Chance per patch of a contrast change. Paper: {default}. Raise it when scans "
                   "differ in contrast (scanners, settings).",
-    "contrast_low": "Smallest contrast factor. Paper: 0.75.",
-    "contrast_high": "Largest contrast factor. Paper: 1.25.",
+    "contrast_low": "Smallest contrast factor. Paper: {default}.",
+    "contrast_high": "Largest contrast factor. Paper: {default}.",
     "norm": "How each scan's grey values are scaled before fitting, with that scan's own "
             "statistics. Z-score (paper's choice): mean 0, spread 1. Min-max: 0 to 1 between "
             "the 0.5 and 99.5 % percentiles (robust to a few bright voxels). Full min-max: "
             "between the true darkest and brightest voxels.",
     "train_fraction": "Share of whole scans used for fitting; the rest validate (no slice of a "
-                      "validation scan is ever fitted). Paper: 0.8. Or tick Validation scans "
+                      "validation scan is ever fitted). Paper: {default}. Or tick Validation scans "
                       "in the table to choose them yourself.",
     "arch": "The network design (decoder). Paper: U-Net, tested best for bone. Only "
             "architectures that can be built are listed; 3D mode offers a 3D U-Net.",
@@ -125,30 +130,35 @@ TIPS: dict[str, str] = {
                  "learning rate down to 0. Cosine with restarts jumps back up periodically; "
                  "constant keeps it fixed.",
     "restart_epochs": "Cosine with restarts only: epochs between restarts.",
-    "lr": "Learning rate: the size of each weight update. Paper: 0.001. Lower it (0.0003) if "
+    "lr": "Learning rate: the size of each weight update. Paper: {default}. Lower it (0.0003) if "
           "the loss jumps around; raise it for SGD (0.01).",
-    "batch": "Patches processed together per update. Paper: 64. Lower it if memory runs out "
+    "batch": "Patches processed together per update. Paper: {default}. Lower it if memory runs out "
              "(the window shows RAM and GPU memory).",
     "profile": "Count the model's operations (FLOPs) and parameters once at the start, as the "
                "paper reports them. Turn off to start a little faster.",
 }
 
-# Engine messages name command-line flags; the window names its own fields instead.
-FLAG_LABELS: dict[str, str] = {
-    "--init": "“Start from” (Initial weights)", "--out": "“Output folder”",
-    "--overwrite": "“Replace it” when Start asks", "--resume": "“Resume”",
-    "--val-scans": "the Validation column", "--pair": "“Add pair”",
-    "--data": "“Add dataset root”", "--device": "“Device”", "--encoder": "“Encoder”",
-    "--dims": "“Mode” (Fitting mode)", "--context": "“Context”", "--arch": "“Architecture”",
-    "--patch": "“Patch size”", "--batch": "“Batch size”", "--epochs": "“Epochs”",
-    "--lr": "“Learning rate”", "--class-names": "“Class names”", "--norm": "“Normalization”",
-    "--workers": "“Loader processes”", "--train-fraction": "“Training fraction”",
-}
+
+def _with_defaults(tips: dict[str, str]) -> dict[str, str]:
+    """The tooltips with each {default} written as the option's default (FitConfig's,
+    AugmentConfig's), so a tooltip never states another default than the engine's."""
+    values = {**defaults(FitConfig), **AugmentConfig().to_dict()}
+    return {key: text.replace("{default}", shown_value(values[key])) if "{default}" in text else text
+            for key, text in tips.items()}
 
 
-def plain_options(message: str) -> str:
-    """`message` with the command-line flags it names replaced by the window's labels."""
-    import re
+TIPS = _with_defaults(_TIPS)
 
-    message = message.replace("`bone fit --list-models`", "the Encoder list")
-    return re.sub(r"--[a-z][a-z-]*", lambda m: FLAG_LABELS.get(m.group(0), m.group(0)), message)
+# Engine messages name options by their flags; the window names them by their labels, from
+# FitConfig's field metadata (an OptionError renders its {field}s so itself). The flags below steer
+# the command rather than the config, so the window words them in its own terms.
+_WINDOW_ONLY = {"--overwrite": "\u201cReplace it\u201d when Start asks", "--resume": "\u201cResume\u201d"}
+
+
+def plain_options(message: str | BaseException) -> str:
+    """An engine message in the window's words: an OptionError names its options by their labels;
+    the flags other core messages still spell out are replaced by the same labels."""
+    if isinstance(message, OptionError):
+        message = message.shown(as_label=True)
+    message = str(message).replace("`bone fit --list-models`", "the Encoder list")
+    return flags_as_labels(message, FitConfig, _WINDOW_ONLY)

@@ -16,7 +16,6 @@ from PySide6.QtWidgets import (
     QMessageBox,
     QPushButton,
     QRadioButton,
-    QScrollArea,
     QSpinBox,
     QSplitter,
     QTabWidget,
@@ -26,36 +25,41 @@ from PySide6.QtWidgets import (
 
 from bone_apps.core.data.pairs import pairs_from_paths
 from bone_apps.core.errors import BoneAppsError
-from bone_apps.core.fit import runfiles
-from bone_apps.core.fit.config import FitConfig, easy_config, resume_request, resumed_config
-from bone_apps.core.fit.loop import FitMessage
+from bone_apps.core.fit.config import FitConfig, easy_config
 from bone_apps.dlfit.curves import FitMonitor
-from bone_apps.dlfit.dialogs import ask_about_earlier_run, choose_config_file
+from bone_apps.dlfit.dialogs import choose_config_file
 from bone_apps.dlfit.handover import finished_model, open_dlpred
 from bone_apps.dlfit.options import AdvancedOptions
 from bone_apps.dlfit.pair_view import PairView
 from bone_apps.dlfit.pairs import VALIDATION, PairsPanel
-from bone_apps.dlfit.runner import FitRunner, read_history, run_status
-from bone_apps.dlfit.tips import EASY_RECIPE, TIPS, easy_recipe_text, plain_options
+from bone_apps.dlfit.run_control import RunControl
+from bone_apps.dlfit.runner import FitRunner
+from bone_apps.dlfit.sample import use_sample
+from bone_apps.dlfit.tips import EASY_RECIPE, TIPS, plain_options
+from bone_apps.ui.branding import app_icon
 from bone_apps.ui.dialogs import show_error
 from bone_apps.ui.pickers import OUTPUT_TITLE, PathPicker
+from bone_apps.ui.sample_data import SampleData
 from bone_apps.ui.settings import AppSettings
+from bone_apps.ui.widgets import scroll_column
 
 ATTENTION = "Something needs your attention: see the message."
 
 
-class DLFitWindow(QMainWindow):
+class DLFitWindow(RunControl, QMainWindow):
     """Fit a segmentation model on scan/mask pairs, in Easy or Advanced mode."""
 
     def __init__(self, settings: AppSettings | None = None) -> None:
         super().__init__()
         self.setWindowTitle("bone_apps DLFit — fit a segmentation model")
+        self.setWindowIcon(app_icon("dlfit"))
         self.settings = settings or AppSettings("dlfit")
         self.last_error = ""
         self.question: QMessageBox | None = None
         self.dlpred_window: QMainWindow | None = None  # opened by "Predict with this model…"
         self.experiments = None  # evaluate.ExperimentDialog, made when first opened
         self._run_use: tuple[int, int, list[str]] | None = None  # Easy run: patch, batch, notes
+        self.sample = SampleData(self, lambda root: use_sample(self, root), self._error)
         self._build()
         self._restore()
 
@@ -105,24 +109,18 @@ class DLFitWindow(QMainWindow):
         self.easy_epochs.valueChanged.connect(self.advanced.w["epochs"].setValue)
         self.advanced.w["epochs"].valueChanged.connect(self.easy_epochs.setValue)
         self.advanced.w["class_names"].editingFinished.connect(self._class_names_changed)
-        self.scroll = QScrollArea()
-        self.scroll.setWidget(self.advanced)
-        self.scroll.setWidgetResizable(True)
-        self.scroll.setFrameShape(QScrollArea.Shape.NoFrame)
-        self.scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.scroll = scroll_column(self.advanced)
 
-        self.start_button = self._button(
-            "&Start", "Check the pairs and fit a model off to the side; the window stays usable. "
-            "(F5)", self.start)
-        self.stop_button = self._button(
-            "S&top", "End at the next safe point and keep a checkpoint to resume from. "
-            "(Shift+F5)", self.stop)
-        self.resume_button = self._button(
-            "Res&ume", "Continue the run in the output folder with the options it started "
-            "with; more Epochs fit it further. (F6)", self.resume)
-        self.predict_button = self._button(
-            "Predict &with this model…", "Open DLPred with this run's model chosen, to segment "
-            "a scan with it.", self.open_dlpred)
+        self.start_button, self.stop_button, self.resume_button, self.predict_button = (
+            self._button(text, tip, slot) for text, tip, slot in (
+                ("&Start", "Check the pairs and fit a model off to the side; the window stays "
+                 "usable. (F5)", self.start),
+                ("S&top", "End at the next safe point and keep a checkpoint to resume from. "
+                 "(Shift+F5)", self.stop),
+                ("Res&ume", "Continue the run in the output folder with the options it started "
+                 "with; more Epochs fit it further. (F6)", self.resume),
+                ("Predict &with this model…", "Open DLPred with this run's model chosen, to "
+                 "segment a scan with it.", self.open_dlpred)))
         run_row = QHBoxLayout()
         for button in (self.start_button, self.stop_button, self.resume_button):
             run_row.addWidget(button)
@@ -131,6 +129,7 @@ class DLFitWindow(QMainWindow):
 
         setup = QWidget()
         left = QVBoxLayout(setup)
+        left.addWidget(self.sample.bar)
         left.addLayout(mode_row)
         left.addWidget(self.recipe)
         left.addWidget(pairs_box, 2)
@@ -176,6 +175,7 @@ class DLFitWindow(QMainWindow):
             action.setShortcut(key)
             action.triggered.connect(slot)
             file_menu.addAction(action)
+        file_menu.insertAction(file_menu.actions()[-1], self.sample.action)
         run_menu = self.menuBar().addMenu("F&it")
         for text, key, slot in (("&Start", "F5", self.start), ("S&top", "Shift+F5", self.stop),
                                 ("Res&ume", "F6", self.resume)):
@@ -246,139 +246,6 @@ class DLFitWindow(QMainWindow):
             self._error(str(exc))
             return
         self.statusBar().showMessage(f"Loaded {path}")
-
-    # -- run ------------------------------------------------------------------------------------
-    def start(self) -> None:
-        """Check what can be checked here, then fit off the GUI thread."""
-        if self.runner.is_running():
-            return
-        try:
-            config = self.config()
-            if not config.out:
-                raise BoneAppsError("Choose an output folder for the model and its logs first.")
-            if len(config.pairs) < 2:
-                raise BoneAppsError("Add at least two scan/mask pairs: one or more to fit and at "
-                                    "least one to validate.")
-            config.validate()
-        except BoneAppsError as exc:
-            self._error(str(exc))
-            return
-        problems = self.pairs.problems()
-        if problems:
-            self._error("Some pairs cannot be used; fix or remove them:\n" + "\n".join(problems))
-            return
-        self._remember(config)
-        status = run_status(Path(config.out))
-        if status:
-            self._ask_about_earlier_run(config, status)
-        else:
-            self._launch(config)
-
-    def _ask_about_earlier_run(self, config: FitConfig, status: str) -> None:
-        self.question = ask_about_earlier_run(
-            self, config.out, status == "resumable",
-            on_replace=lambda: self._launch(config, overwrite=True), on_resume=self.resume)
-        self.question.finished.connect(self._forget_question)
-
-    def _forget_question(self) -> None:
-        self.question = None
-
-    def resume(self) -> None:
-        """Continue the run in the output folder (resume_config's options; refusals: a dialog)."""
-        if self.runner.is_running():
-            return
-        out = self.out.path()
-        status = run_status(out) if out is not None else ""
-        if status not in ("resumable", "completed"):
-            self._error("The output folder holds no stopped run to resume: choose the folder of "
-                        "a stopped run, or press Start for a new one.")
-            return
-        try:
-            config = self.resume_config(out)
-        except BoneAppsError as exc:
-            self._error(str(exc))
-            return
-        if status == "completed" and config.epochs <= len(read_history(out)):
-            self._error("The run in the output folder is finished: raise Epochs to fit it "
-                        "further, or press Start for a new run.")
-            return
-        self._launch(config, resume=True)
-
-    def resume_config(self, out: Path) -> FitConfig:
-        """The run in `out` with Advanced mode's options (Easy mode: the epochs), checked by
-        fitconfig.resumed_config: device, processes, cache and profiling may change, the
-        epochs may grow. Raises BoneAppsError naming an option that may not change."""
-        saved = FitConfig.load(out / runfiles.CONFIG)
-        changes = dict(self.advanced.values()) if self.is_advanced() else {}
-        changes["epochs"] = self.easy_epochs.value()  # both modes' epochs stay in step
-        if changes.get("augmentation") is not None:
-            changes["augmentation"] = changes["augmentation"].to_dict()
-        requested = resume_request(saved, changes, str(out))
-        return resumed_config(saved, requested, len(read_history(out)), str(out))
-
-    def _launch(self, config: FitConfig, resume: bool = False, overwrite: bool = False) -> None:
-        self.last_error = ""
-        self._run_use = (config.patch, config.batch, []) if config.easy else None
-        self.recipe.setText(easy_recipe_text(self._run_use))
-        self.runner.start(config, resume=resume, overwrite=overwrite)
-        self.statusBar().showMessage(("Resuming" if resume else "Fitting") + f" into {config.out}…")
-        self._update_buttons()
-
-    def stop(self) -> None:
-        if self.runner.is_running():
-            self.runner.stop()
-            self.statusBar().showMessage("Stopping at the next safe point…")
-
-    def _on_progress(self, event: object) -> None:
-        """Easy mode's notes say how the recipe adapts to the data: show what the run uses."""
-        if (self._run_use is not None and isinstance(event, FitMessage) and event.level == "note"
-                and event.text.startswith("Easy mode:")):
-            self._run_use[2].append(event.text)
-            self.recipe.setText(easy_recipe_text(self._run_use))
-
-    def _on_fit_finished(self, result) -> None:
-        if result is not None:
-            self.statusBar().showMessage("Stopped: press Resume to continue." if
-                                         result.status == "stopped" else "Fitting finished.")
-        self._update_buttons()
-
-    def _update_buttons(self) -> None:
-        running = self.runner.is_running()
-        self.start_button.setEnabled(not running)
-        self.stop_button.setEnabled(running)
-        out = self.out.path()
-        status = run_status(out) if out is not None else ""
-        self.resume_button.setEnabled(not running and (status == "resumable" or (
-            status == "completed" and self.easy_epochs.value() > len(read_history(out)))))
-        self.predict_button.setEnabled(not running and finished_model(out) is not None)
-        for widget in (self.pairs, self.advanced, self.out, self.easy_radio, self.advanced_radio,
-                       self.easy_epochs):
-            widget.setEnabled(not running)
-
-    def _on_out_changed(self) -> None:
-        """Reopening the folder of a run shows its curves; a stopped one can be resumed."""
-        out = self.out.path()
-        status = run_status(out) if out is not None else ""
-        if status in ("resumable", "completed") and not self.runner.is_running():
-            history = read_history(out)
-            try:
-                saved = FitConfig.load(out / runfiles.CONFIG)
-                self.advanced.set_config(saved)  # Resume continues with the run's options
-                self.easy_epochs.setValue(saved.epochs)
-            except BoneAppsError:
-                saved = None
-            self.monitor.set_history(history, saved.epochs if saved else None)
-            self.statusBar().showMessage(
-                f"This folder holds a stopped run ({len(history)} epochs done): press Resume to "
-                "continue it, or choose another folder for a new run." if status == "resumable"
-                else "This folder holds a finished run: raise Epochs and press Resume to fit it "
-                "further, or choose another folder for a new run.")
-        elif not self.runner.is_running():  # a new folder: the previous run is not its run
-            self.monitor.clear()
-            self._run_use = None
-            self.recipe.setText(EASY_RECIPE)
-            self.statusBar().clearMessage()
-        self._update_buttons()
 
     def open_dlpred(self) -> QMainWindow | None:
         """Open DLPred with the finished run's model (None when the folder holds none)."""
@@ -454,6 +321,7 @@ class DLFitWindow(QMainWindow):
         self.settings.set("geometry", bytes(self.saveGeometry().toBase64()).decode())
         self.runner.stop()
         self.runner.wait()
+        self.sample.join()
         self.pairs.stop_checks()
         self.pair_view.close_pair()
         super().closeEvent(event)

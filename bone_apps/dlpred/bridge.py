@@ -17,27 +17,26 @@ from pathlib import Path
 
 import numpy as np
 
-from bone_apps.core.errors import VolumeError
+from bone_apps.core.data.normalize import StatsProgress
+from bone_apps.core.errors import OptionError, VolumeError
 from bone_apps.core.io.stack_kind import dataset_root_problem, is_dataset_root, label_stack_reason
 from bone_apps.core.io.volume import Volume, open_volume
+from bone_apps.core.jobs.units import bytes_text, duration_text
+from bone_apps.core.options import described, flags_as_labels
 from bone_apps.core.predict.config import PredictConfig
-from bone_apps.core.predict.segment import (
-    PredictEvent,
-    PredictReport,
-    ScanStarted,
-    SliceProgress,
-    StatsProgress,
-    predict,
-    scan_id,
-)
+from bone_apps.core.predict.output_plan import scan_id
+from bone_apps.core.predict.reports import PredictEvent, PredictReport, ScanStarted, SliceProgress
+from bone_apps.core.predict.segment import predict
 from bone_apps.dlpred.options import OptionValues
 
 PREDICTIONS_FOLDER = "predictions"  # a dataset's outputs: ROOT/predictions/<id>_labels
 RATE_WINDOW_S = 10.0  # the rate is measured over the last seconds, so it follows speed changes
-# Core's messages name the command-line options; in the window the same advice names the fields.
+# Core's messages that spell out command-line options (rather than OptionError's {field}s): in
+# the window the same advice names the fields, by their labels in PredictConfig's metadata.
+_LABELS = described(PredictConfig)
 _CLI_WORDS = (
-    (re.compile(r"\s*\(--overwrite\)"), " (tick \u201cReplace an existing output\u201d)"),
-    (re.compile(r"\(e\.g\. --chunk (\d+)\)"), r"(e.g. a Chunk size of \1 px)"),
+    (re.compile(r"\s*\(--overwrite\)"), f" (tick {_LABELS['overwrite'].in_words})"),
+    (re.compile(r"\(e\.g\. --chunk (\d+)\)"), rf"(e.g. a {_LABELS['chunk'].label} of \1 px)"),
     (re.compile(r"give --out a file name"), "choose an output file name"),
     (re.compile(r"give --out a folder name"), "choose an output folder name"),
     (re.compile(r"give --out a folder"), "choose an output folder"),
@@ -76,11 +75,13 @@ def open_scan(path: Path) -> tuple[Volume, str | None]:
     return volume, label_stack_reason(volume)
 
 
-def plain_message(message: str) -> str:
-    """An engine message with command-line option names replaced by the window's field names."""
+def plain_message(message: str | BaseException) -> str:
+    """An engine message in the window's words: an OptionError names its options by their labels,
+    other messages' command-line option names are replaced by the window's field names."""
+    message = message.shown(as_label=True) if isinstance(message, OptionError) else str(message)
     for pattern, words in _CLI_WORDS:
         message = pattern.sub(words, message)
-    return message
+    return flags_as_labels(message, PredictConfig)
 
 
 def matching_mask(scan: Path | None) -> Path | None:
@@ -93,7 +94,7 @@ def matching_mask(scan: Path | None) -> Path | None:
 
 def read_meta(path: Path) -> dict:
     """The metadata of a weights file (WeightsError with one sentence when it is not usable)."""
-    from bone_apps.core.predict.segment import ModelSpec
+    from bone_apps.core.model.spec import ModelSpec
 
     if Path(path).suffix.lower() == ".onnx":  # written by bone export: metadata inside
         from bone_apps.core.export.runtime import load_onnx_model
@@ -115,8 +116,8 @@ def class_names(meta: dict) -> list[str]:
 def fitted_on(meta: dict) -> str | None:
     """One line on the data a model was fitted on, from whatever its metadata records."""
     config = meta.get("fit_config") or {}
-    train = meta.get("train_scans") or config.get("train_scans")
-    val = meta.get("val_scans") or config.get("val_scans")
+    split = meta.get("split") or {}  # weights format /2 on; /1 files fall through to the config
+    train, val = split.get("train"), split.get("val")
     if train:
         line = f"fitted on {len(train)} scan(s): {_names(train)}"
         return line + (f"; validated on {_names(val)}" if val else "")
@@ -201,26 +202,9 @@ class Tracker:
         (t0, d0), (t1, d1) = self._marks[0], self._marks[-1]
         if d1 > d0 and t1 > t0:
             rate = (d1 - d0) / (t1 - t0)
-            text += f" · {rate:.3g} slices/s · {format_duration((event.total - event.done) / rate)} left"
+            text += f" · {rate:.3g} slices/s · {duration_text((event.total - event.done) / rate)} left"
         z = event.done - 1 if event.labels is not None else None
         return Progress(event.done, event.total, text, z, event.labels)
-
-
-def format_duration(seconds: float) -> str:
-    if seconds < 60:
-        return f"{max(0.0, seconds):.1f} s"
-    seconds = round(seconds)
-    minutes, seconds = divmod(seconds, 60)
-    if minutes < 60:
-        return f"{minutes} min {seconds:02d} s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours} h {minutes:02d} min"
-
-
-def _bytes(value: int | None) -> str:
-    if value is None:
-        return "— (no GPU)"
-    return f"{value / 2**30:.2f} GiB" if value >= 2**30 else f"{value / 2**20:.0f} MiB"
 
 
 def report_rows(report: PredictReport) -> list[tuple[str, str]]:
@@ -235,10 +219,10 @@ def report_rows(report: PredictReport) -> list[tuple[str, str]]:
         (f"Set to background (below {report.threshold:g})",
          f"{100 * report.reassigned_fraction:.2f} % of voxels"),
         ("Benchmarks", ""),
-        ("Wall time", format_duration(report.wall_s)),
-        ("Model time (forward passes)", format_duration(report.model_s)),
-        ("Peak RAM", _bytes(report.peak_rss_bytes)),
-        ("Peak GPU memory", _bytes(report.peak_vram_bytes)),
+        ("Wall time", duration_text(report.wall_s)),
+        ("Model time (forward passes)", duration_text(report.model_s)),
+        ("Peak RAM", bytes_text(report.peak_rss_bytes)),
+        ("Peak GPU memory", bytes_text(report.peak_vram_bytes, "— (no GPU)")),
         ("GPU use", "— (no GPU)" if report.gpu_utilization is None
          else f"{report.gpu_utilization:.0f} %"),
         ("Device", report.device),
@@ -254,7 +238,7 @@ def report_rows(report: PredictReport) -> list[tuple[str, str]]:
 def done_text(report: PredictReport) -> str:
     slices = sum(s.shape[0] for s in report.scans)
     rate = f" ({slices / report.wall_s:.3g} slices/s)" if report.wall_s > 0 else ""
-    return f"Done: {slices} slices in {format_duration(report.wall_s)}{rate}."
+    return f"Done: {slices} slices in {duration_text(report.wall_s)}{rate}."
 
 
 def histogram_of(report: PredictReport) -> list[int]:

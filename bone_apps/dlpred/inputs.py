@@ -12,6 +12,7 @@ from pathlib import Path
 from PySide6.QtCore import Qt, QTimer, Signal
 from PySide6.QtWidgets import QCheckBox, QFileDialog, QFormLayout, QGroupBox, QLabel, QWidget
 
+from bone_apps.core.errors import BoneAppsError
 from bone_apps.core.io.volume import Volume
 from bone_apps.dlpred import bridge
 from bone_apps.ui.background import BackgroundTask, join_worker
@@ -120,6 +121,16 @@ class InputsBox(QGroupBox):
         for picker in (self.scan, self.weights, self.output):
             picker.remember()
 
+    def label_reason_of(self, scan: Path) -> str | None:
+        """Why `scan` looks like a label mask (None: it looks like a scan, or cannot be read,
+        which the engine reports with its own message); judged now when it is not yet open."""
+        if self.volume is not None and Path(self.volume.path) == scan:
+            return self.label_reason
+        try:
+            return bridge.open_scan(scan)[1]
+        except BoneAppsError:
+            return None
+
     # -- loading --------------------------------------------------------------------------------
     def _debounce(self, slot) -> QTimer:
         timer = QTimer(self)
@@ -184,6 +195,10 @@ class InputsBox(QGroupBox):
                 self.meta_loaded.emit(None)
 
         self.model_info.setText("Reading…")
+        if path.suffix.lower() == ".pth":
+            # torch is imported here, on the GUI thread: a first import of torch in a worker
+            # thread cannot finish while the app exits, and Qt aborts on the still-running thread.
+            import torch  # noqa: F401
         self._background(lambda: bridge.read_meta(path), done, failed)
 
     @staticmethod

@@ -10,7 +10,7 @@ from PySide6.QtWidgets import QTableWidgetItem, QWidget
 from bone_apps.core.measure.compare import KEY_MEASURES, measure_heading, measure_text
 from bone_apps.core.measure.morphometry import MeasureOptions, MeasureProgress, measure_stacks
 from bone_apps.core.measure.report import MorphometryResult
-from bone_apps.core.predict.segment import scan_id
+from bone_apps.core.predict.output_plan import scan_id
 from bone_apps.ui.dialogs import show_error
 from bone_apps.ui.measures import Job, MeasureView, number_item
 

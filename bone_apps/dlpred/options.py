@@ -6,7 +6,7 @@ Values are remembered between sessions.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, fields
 
 from PySide6.QtWidgets import (
     QCheckBox,
@@ -19,14 +19,26 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from bone_apps.core.fit.slice_validation import InferenceSettings
+from bone_apps.core.options import defaults, described
 from bone_apps.core.predict.config import PredictConfig
+from bone_apps.core.predict.settings import InferenceSettings
 from bone_apps.ui.settings import AppSettings
 
 # The engine's defaults; chunk, overlap and blend are None there ("from the weights"), so the
 # form starts from the paper's (§2.3.2, Table 5), which weights that say nothing get.
-CORE_DEFAULTS = {f.name: f.default for f in fields(PredictConfig)}
+CORE_DEFAULTS = defaults(PredictConfig)
 PAPER = InferenceSettings()
+OPTIONS = described(PredictConfig)  # labels and choices, as the command line's help has them
+# The Alt+letter of each option's label (its first occurrence is underlined).
+_KEYS = {"device": "D", "chunk": "C", "chunk_depth": "k", "overlap": "v", "threshold": "t",
+         "blend": "B", "batch": "z", "tta": "A", "probabilities": "l"}
+
+
+def marked_label(name: str) -> str:
+    """The field's label with its Alt+letter marked (&)."""
+    text = OPTIONS[name].label
+    at = text.index(_KEYS[name])
+    return text[:at] + "&" + text[at:]
 
 TIPS = {
     "device": (
@@ -105,12 +117,12 @@ class OptionsBox(QGroupBox):
         self.overlap = _double(0.0, 0.9, 0.05)
         self.threshold = _double(0.0, 1.0, 0.05)
         self.blend = QComboBox()
-        self.blend.addItem("Mean (paper)", "mean")
-        self.blend.addItem("Gaussian", "gaussian")
+        for value in OPTIONS["blend"].choices:
+            self.blend.addItem(value.capitalize() + (" (paper)" if value == PAPER.blend else ""), value)
         self.batch = _spin(0, 4096, 1, "")
         self.batch.setSpecialValueText("Automatic")
-        self.tta = QCheckBox("Average over mirrored copies (TT&A)")
-        self.probabilities = QCheckBox("Also save class probabi&lities")
+        self.tta = QCheckBox(marked_label("tta"))
+        self.probabilities = QCheckBox(marked_label("probabilities"))
         self.defaults_button = QPushButton("Paper d&efaults")
         self.defaults_button.setToolTip("Set every option back to the paper's defaults.")
         self.defaults_button.clicked.connect(self.restore_defaults)
@@ -118,13 +130,8 @@ class OptionsBox(QGroupBox):
             getattr(self, name).setToolTip(TIPS[name])
 
         form = QFormLayout(self)
-        form.addRow("&Device:", self.device)
-        form.addRow("&Chunk size:", self.chunk)
-        form.addRow("Chun&k depth (3D):", self.chunk_depth)
-        form.addRow("O&verlap:", self.overlap)
-        form.addRow("Confidence &threshold:", self.threshold)
-        form.addRow("&Blending:", self.blend)
-        form.addRow("Batch si&ze:", self.batch)
+        for name in ("device", "chunk", "chunk_depth", "overlap", "threshold", "blend", "batch"):
+            form.addRow(marked_label(name) + ":", getattr(self, name))
         form.addRow("", self.tta)
         form.addRow("", self.probabilities)
         form.addRow("", self.defaults_button)
@@ -167,37 +174,43 @@ class OptionsBox(QGroupBox):
         _select(self.blend, blend)
 
     def values(self) -> OptionValues:
-        return OptionValues(
-            device=str(self.device.currentData()), chunk=self.chunk.value(),
-            chunk_depth=self.chunk_depth.value(), overlap=round(self.overlap.value(), 4),
-            threshold=round(self.threshold.value(), 4), blend=str(self.blend.currentData()),
-            batch=self.batch.value(), tta=self.tta.isChecked(),
-            probabilities=self.probabilities.isChecked())
+        return OptionValues(**{f.name: _read(getattr(self, f.name)) for f in fields(OptionValues)})
 
     def remember(self) -> None:
-        v = self.values()
-        for key, value in (("device", v.device), ("chunk", v.chunk), ("overlap", v.overlap),
-                           ("threshold", v.threshold), ("blend", v.blend), ("batch", v.batch),
-                           ("tta", int(v.tta)), ("probabilities", int(v.probabilities))):
-            self.settings.set(f"options/{key}", str(value))
+        for name, value in asdict(self.values()).items():
+            if name in _REMEMBERED:
+                self.settings.set(f"options/{name}", str(int(value) if isinstance(value, bool) else value))
 
     def _load(self) -> None:
-        get = self.settings.get
         try:
-            _select(self.device, get("options/device"))
-            _select(self.blend, get("options/blend"))
-            if get("options/chunk"):
-                self.chunk.setValue(int(get("options/chunk")))
-            if get("options/overlap"):
-                self.overlap.setValue(float(get("options/overlap")))
-            if get("options/threshold"):
-                self.threshold.setValue(float(get("options/threshold")))
-            if get("options/batch"):
-                self.batch.setValue(int(get("options/batch")))
-            self.tta.setChecked(get("options/tta") == "1")
-            self.probabilities.setChecked(get("options/probabilities") == "1")
+            for name in _REMEMBERED:
+                _write(getattr(self, name), self.settings.get(f"options/{name}"))
         except ValueError:
             self.restore_defaults()  # a hand-edited settings file must not stop the app
+
+
+# Options remembered between sessions (a 3D model sets the chunk depth it was fitted on).
+_REMEMBERED = [f.name for f in fields(OptionValues) if f.name != "chunk_depth"]
+
+
+def _read(widget: QWidget) -> str | int | float | bool:
+    if isinstance(widget, QComboBox):
+        return str(widget.currentData())
+    if isinstance(widget, QCheckBox):
+        return widget.isChecked()
+    if isinstance(widget, QDoubleSpinBox):
+        return round(widget.value(), 4)
+    return widget.value()
+
+
+def _write(widget: QWidget, text: str) -> None:
+    """Show a remembered value ("" leaves the widget as it is, except a check box: off)."""
+    if isinstance(widget, QCheckBox):
+        widget.setChecked(text == "1")
+    elif isinstance(widget, QComboBox):
+        _select(widget, text)
+    elif text:
+        widget.setValue(float(text) if isinstance(widget, QDoubleSpinBox) else int(text))
 
 
 def _select(combo: QComboBox, value: str) -> None:

@@ -14,7 +14,6 @@ from PySide6.QtWidgets import (
     QMessageBox,
     QProgressBar,
     QPushButton,
-    QScrollArea,
     QSplitter,
     QTabWidget,
     QVBoxLayout,
@@ -22,22 +21,27 @@ from PySide6.QtWidgets import (
 )
 
 from bone_apps.core.errors import BoneAppsError
-from bone_apps.core.fit.slice_validation import InferenceSettings
 from bone_apps.core.io.stack_kind import dataset_root_problem
 from bone_apps.core.io.volume import Volume
 from bone_apps.core.jobs.monitor import gpu_count
-from bone_apps.core.predict.segment import PredictReport
+from bone_apps.core.predict.reports import PredictReport
+from bone_apps.core.predict.settings import InferenceSettings
 from bone_apps.dlpred import bridge
+from bone_apps.dlpred.dialogs import ask_about_label_scan
 from bone_apps.dlpred.inputs import InputsBox
 from bone_apps.dlpred.measure import LabelsMeasureView
 from bone_apps.dlpred.options import OptionsBox
 from bone_apps.dlpred.preview import LiveLabels
 from bone_apps.dlpred.results import ResultsView
+from bone_apps.dlpred.sample import use_sample
 from bone_apps.ui.background import join_worker
+from bone_apps.ui.branding import app_icon
 from bone_apps.ui.dialogs import show_error
+from bone_apps.ui.sample_data import SampleData
 from bone_apps.ui.settings import AppSettings
 from bone_apps.ui.slice_view import SliceView
-from bone_apps.ui.worker import JobWorker
+from bone_apps.ui.widgets import idle_progress, scroll_column
+from bone_apps.ui.worker import JobWorker, dispose
 
 
 def device_choices() -> list[tuple[str, str]]:
@@ -56,6 +60,7 @@ class DLPredWindow(QMainWindow):
     def __init__(self, settings: AppSettings | None = None) -> None:
         super().__init__()
         self.setWindowTitle("bone_apps DLPred — segment a scan with a fitted model")
+        self.setWindowIcon(app_icon("dlpred"))
         self.settings = settings or AppSettings("dlpred")
         self.worker: JobWorker | None = None
         self.report: PredictReport | None = None
@@ -66,6 +71,7 @@ class DLPredWindow(QMainWindow):
         self._labels_accepted: Path | None = None  # a label-like scan the user chose to predict
         self.live = LiveLabels()
         self.tracker = bridge.Tracker()
+        self.sample = SampleData(self, lambda root: use_sample(self, root), self._error)
         self._build()
         self.inputs.start()
 
@@ -90,7 +96,7 @@ class DLPredWindow(QMainWindow):
         QShortcut(QKeySequence.StandardKey.Cancel, self, activated=self.stop)
         self.stop_button.clicked.connect(self.stop)
         self.progress = QProgressBar()
-        self._reset_progress()
+        idle_progress(self.progress, "no run yet")
         self.rate_label = QLabel("")
         run_row = QHBoxLayout()
         run_row.addWidget(self.predict_button)
@@ -99,16 +105,13 @@ class DLPredWindow(QMainWindow):
 
         left = QWidget()
         left_layout = QVBoxLayout(left)
+        left_layout.addWidget(self.sample.bar)
         left_layout.addWidget(self.inputs)
         left_layout.addWidget(self.options)
         left_layout.addLayout(run_row)
         left_layout.addWidget(self.rate_label)
         left_layout.addStretch(1)
-        left_scroll = QScrollArea()
-        left_scroll.setWidget(left)
-        left_scroll.setWidgetResizable(True)
-        left_scroll.setFrameShape(QScrollArea.Shape.NoFrame)
-        left_scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        left_scroll = scroll_column(left)
         left_scroll.setMinimumWidth(left.sizeHint().width()
                                     + left_scroll.verticalScrollBar().sizeHint().width())
 
@@ -156,6 +159,7 @@ class DLPredWindow(QMainWindow):
         right.setSizes([60, 40])
         self.setCentralWidget(self.splitter)
 
+        self.menuBar().addMenu("&File").addAction(self.sample.action)
         self.statusBar().showMessage("Choose a scan and a weights file, then Predict.")
         self.resize(1200, 780)
 
@@ -215,12 +219,9 @@ class DLPredWindow(QMainWindow):
         self.preview.set_labels(self.live)
         self.progress.setRange(0, 0)  # busy until the slices start
         self.rate_label.setText("Starting: reading the model and the scan's statistics…")
-        self.worker = JobWorker(lambda stop: bridge.run(config, stop))
-        self.worker.yielded.connect(self._on_event)
-        self.worker.returned.connect(self._on_report)
-        self.worker.errored.connect(self._error)
-        self.worker.cancelled.connect(self._on_cancelled)
-        self.worker.finished.connect(self._on_finished)
+        self.worker = JobWorker(lambda stop: bridge.run(config, stop), yielded=self._on_event,
+                                returned=self._on_report, errored=self._error, cancelled=self._on_cancelled,
+                                finished=self._on_finished)
         self._set_running(True)
         self.statusBar().showMessage(f"Predicting {scan.name} with {weights.name}…")
         self.worker.start()
@@ -230,37 +231,20 @@ class DLPredWindow(QMainWindow):
         anyway; otherwise ask (a question dialog whose answer predicts again or stops here)."""
         if self._labels_accepted == scan:
             return True
-        if self.inputs.volume is not None and Path(self.inputs.volume.path) == scan:
-            reason = self.inputs.label_reason
-        else:  # Predict pressed before the scan finished opening: judge it now
-            try:
-                reason = bridge.open_scan(scan)[1]
-            except BoneAppsError:
-                return True  # the engine reports an unreadable scan with its own message
+        reason = self.inputs.label_reason_of(scan)
         if reason is None:
             return True
-        box = QMessageBox(QMessageBox.Icon.Question, "DLPred",
-                          f"{scan} looks like a label mask, not a scan: {reason}. Its labels would "
-                          "be segmented as if they were intensities.", parent=self)
-        box.setObjectName("labelQuestion")
-        box.setInformativeText("Predict it anyway, or choose another scan?")
-        anyway = box.addButton("Predict anyway", QMessageBox.ButtonRole.AcceptRole)
-        box.addButton("Choose another scan", QMessageBox.ButtonRole.RejectRole)
-        box.setDefaultButton(box.buttons()[-1])
-        box.setWindowModality(Qt.WindowModality.WindowModal)
-
-        def answered() -> None:
-            if box.clickedButton() is anyway:
-                self._labels_accepted = scan
-                self.predict()
-            else:
-                self.statusBar().showMessage("Choose a scan to segment, then Predict.")
-                self.scan.edit.setFocus()
-
-        box.finished.connect(answered)
-        self.label_question = box
-        box.open()
+        self.label_question = ask_about_label_scan(self, scan, reason, lambda: self._predict_anyway(scan),
+                                                   self._choose_other_scan)
         return False
+
+    def _predict_anyway(self, scan: Path) -> None:
+        self._labels_accepted = scan
+        self.predict()
+
+    def _choose_other_scan(self) -> None:
+        self.statusBar().showMessage("Choose a scan to segment, then Predict.")
+        self.scan.edit.setFocus()
 
     def stop(self) -> None:
         if self.worker is not None:
@@ -306,20 +290,12 @@ class DLPredWindow(QMainWindow):
         self.rate_label.setText("Stopped.")
         self.statusBar().showMessage(f"Stopped: nothing was saved as {self.output.path()}.")
 
-    def _reset_progress(self) -> None:
-        self.progress.setFormat("no run yet")
-        self.progress.setRange(0, 1)
-        self.progress.setValue(0)
-
     def _on_finished(self) -> None:
         self._set_running(False)
         self.preview.flush()
         if self.report is None and self.progress.maximum() == 0:
-            self._reset_progress()  # ended before the first slice
-        if self.worker is not None:
-            self.worker.wait()
-            self.worker.deleteLater()
-        self.worker = None
+            idle_progress(self.progress, "no run yet")  # ended before the first slice
+        self.worker = dispose(self.worker)
 
     def _error(self, message: str) -> None:
         message = bridge.plain_message(message)
@@ -364,6 +340,7 @@ class DLPredWindow(QMainWindow):
             self.worker.stop()
             join_worker(self.worker)
         self.measures.join()
+        self.sample.join()
         self.inputs.wait()
         self.live.reset()
         super().closeEvent(event)

@@ -4,21 +4,11 @@ from __future__ import annotations
 
 import sys
 
+from bone_apps.ui.launcher import start_app
+
 
 def main() -> int:
-    import multiprocessing
-
-    multiprocessing.freeze_support()  # first: spawned workers of a bundle must not start the app
-    from bone_apps.core.desktop.startlog import launch
-
-    return launch("iou", _start)
-
-
-def _start() -> int:
-    from bone_apps.iou.window import IoUWindow
-    from bone_apps.ui.app import run_app
-
-    return run_app("iou", IoUWindow)
+    return start_app("iou", "bone_apps.iou.window", "IoUWindow")
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from bone_apps.core.errors import BoneAppsError
 from bone_apps.core.evaluate.results import CV, ExperimentResults, read_experiment
 from bone_apps.ui.dialogs import show_error
 from bone_apps.ui.experiment_views import BenchView, CVView
+from bone_apps.ui.pickers import accept_url_drag, dropped_path
 from bone_apps.ui.settings import AppSettings
 
 RESULTS_TITLE = "Choose the cv.json or bench.json of a cross-validation or benchmark"
@@ -93,14 +94,12 @@ class EvaluationTab(QWidget):
             self.open_results(file)
 
     def dragEnterEvent(self, event: QDragEnterEvent) -> None:  # noqa: N802 - Qt override
-        if event.mimeData().hasUrls():
-            event.acceptProposedAction()
+        accept_url_drag(event)
 
     def dropEvent(self, event: QDropEvent) -> None:  # noqa: N802 - Qt override
-        urls = event.mimeData().urls()
-        if urls and urls[0].isLocalFile():
-            event.acceptProposedAction()
-            self.open_results(urls[0].toLocalFile())
+        path = dropped_path(event)
+        if path:
+            self.open_results(path)
 
 
 def _describe(results: ExperimentResults) -> str:

@@ -5,11 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from PySide6.QtCore import Qt
-from PySide6.QtGui import QGuiApplication
 from PySide6.QtWidgets import (
     QCheckBox,
     QComboBox,
-    QFileDialog,
     QFormLayout,
     QGroupBox,
     QHBoxLayout,
@@ -27,30 +25,34 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from bone_apps.core.errors import BoneAppsError
-from bone_apps.core.io.outputs import write_atomic
 from bone_apps.core.io.volume import Volume, check_same_shape, open_volume
 from bone_apps.core.score.metrics import IoUResult
-from bone_apps.core.score.scoring import ScoreProgress, result_csv, score_stacks, write_result_json
+from bone_apps.core.score.scoring import ScoreProgress, score_stacks
 from bone_apps.iou.errors_tab import ErrorsTab
 from bone_apps.iou.evaluation_tab import EvaluationTab
+from bone_apps.iou.export import ScoresExport
 from bone_apps.iou.morphometry_tab import MorphometryTab
+from bone_apps.iou.sample import use_sample
+from bone_apps.ui.branding import app_icon
 from bone_apps.ui.dialogs import show_error
-from bone_apps.ui.pickers import PathPicker, save_folder
+from bone_apps.ui.pickers import PathPicker
 from bone_apps.ui.plot import LinePlot
+from bone_apps.ui.sample_data import SampleData
 from bone_apps.ui.settings import AppSettings
-from bone_apps.ui.worker import JobWorker
+from bone_apps.ui.widgets import idle_progress
+from bone_apps.ui.worker import JobWorker, dispose
 
 COLUMNS = ("Class", "IoU", "Dice", "Reference voxels", "Predicted voxels")
 STALE_STYLE = "color: #b00020;"
 
 
-class IoUWindow(QMainWindow):
+class IoUWindow(ScoresExport, QMainWindow):
     """Class-wise and mean IoU / Dice of a predicted label stack against a reference."""
 
     def __init__(self, settings: AppSettings | None = None) -> None:
         super().__init__()
         self.setWindowTitle("bone_apps IoU — score a segmentation against a reference")
+        self.setWindowIcon(app_icon("iou"))
         self.settings = settings or AppSettings("iou")
         self.worker: JobWorker | None = None
         self.result: IoUResult | None = None
@@ -60,6 +62,7 @@ class IoUWindow(QMainWindow):
         self.pending = self.scored  # the same, for the run in progress
         self._last_edited = "prediction"  # the mask field the user changed last
         self.last_error = ""
+        self.sample = SampleData(self, lambda root: use_sample(self, root), self._error)
         self._build()
 
     # -- layout ---------------------------------------------------------------------------------
@@ -100,7 +103,7 @@ class IoUWindow(QMainWindow):
         self.cancel_button.setEnabled(False)
         self.cancel_button.clicked.connect(self.cancel)
         self.progress = QProgressBar()
-        self._idle_progress("no run yet")
+        idle_progress(self.progress, "no run yet")
         run_row = QHBoxLayout()
         run_row.addWidget(self.compute_button)
         run_row.addWidget(self.cancel_button)
@@ -168,10 +171,12 @@ class IoUWindow(QMainWindow):
 
         central = QWidget()
         layout = QVBoxLayout(central)
+        layout.addWidget(self.sample.bar)
         layout.addWidget(inputs)
         layout.addLayout(run_row)
         layout.addWidget(self.tabs, 1)
         self.setCentralWidget(central)
+        self.menuBar().addMenu("&File").addAction(self.sample.action)
         self.statusBar().showMessage("Choose a reference and a prediction, then Compute.")
         self.resize(900, 720)
 
@@ -202,12 +207,9 @@ class IoUWindow(QMainWindow):
                                              ignore_background=ignore, device=device, stop=stop)
             return result, ref, pred  # opened here, off the GUI thread, for "Where it fails"
 
-        self.worker = JobWorker(job)
-        self.worker.yielded.connect(self._on_progress)
-        self.worker.returned.connect(self._on_result)
-        self.worker.errored.connect(self._error)
-        self.worker.cancelled.connect(self._on_cancelled)
-        self.worker.finished.connect(self._on_finished)
+        self.worker = JobWorker(job, yielded=self._on_progress, returned=self._on_result,
+                                errored=self._error, cancelled=self._on_cancelled,
+                                finished=self._on_finished)
         self._set_running(True)
         self.progress.setRange(0, 0)  # busy until the first slice is counted
         self.morphometry.clear("Measure both masks to compare their morphometry.")
@@ -269,11 +271,6 @@ class IoUWindow(QMainWindow):
         self.pair_label.setText(text)
         self.pair_label.setStyleSheet("" if current else STALE_STYLE)
 
-    def _idle_progress(self, text: str) -> None:
-        self.progress.setRange(0, 1)
-        self.progress.setValue(0)
-        self.progress.setFormat(text)
-
     def _set_running(self, running: bool) -> None:
         self.compute_button.setEnabled(not running)
         self.cancel_button.setEnabled(running)
@@ -316,67 +313,20 @@ class IoUWindow(QMainWindow):
     def _on_finished(self) -> None:
         self._set_running(False)
         if self.result is None:
-            self._idle_progress("no result")
-        if self.worker is not None:
-            self.worker.wait()
-            self.worker.deleteLater()
-        self.worker = None
+            idle_progress(self.progress, "no result")
+        self.worker = dispose(self.worker)
 
     def _error(self, message: str) -> None:
         self.last_error = message
         self.statusBar().showMessage("Could not score: see the message.")
         show_error(self, "IoU", message)
 
-    # -- export ---------------------------------------------------------------------------------
-    def copy_table(self) -> None:
-        """Copy the table on show as CSV (only while it belongs to the fields' pair)."""
-        if self.result is not None and self.copy_button.isEnabled():
-            QGuiApplication.clipboard().setText(result_csv(self.result))
-            self.statusBar().showMessage("Table copied as CSV.")
-
-    def save(self, path: Path) -> Path:
-        """Save the results as CSV or JSON, by the file's suffix, atomically.
-
-        The files name the pair that was scored, never the fields' current text. The save
-        dialog has asked before replacing a file; a JSON file is still replaced only when
-        bone_apps wrote it (ForeignFilesError otherwise).
-
-        Raises:
-            ValueError: there is no result, or the fields no longer name the scored pair.
-        """
-        if self.result is None or self.scored is None:
-            raise ValueError("nothing to save yet")
-        if self._inputs_key() != self.scored:
-            raise ValueError("the fields changed since the scores were computed")
-        path = Path(path)
-        if path.suffix.lower() == ".json":
-            write_result_json(self.result, path, self.scored[0], self.scored[1], overwrite=True)
-        else:
-            write_atomic(path, result_csv(self.result))
-        self.statusBar().showMessage(f"Saved {path}")
-        return path
-
-    def _save_dialog(self, kind: str) -> None:
-        if self.scored is None:
-            return
-        folder = save_folder(self.scored[1], self.settings.get("save_folder"))
-        start = str(folder / f"iou.{kind}")
-        file, _ = QFileDialog.getSaveFileName(self, "Save scores", start,
-                                              f"{kind.upper()} (*.{kind})")
-        if file:
-            self.settings.set("save_folder", str(Path(file).parent))
-            try:
-                self.save(Path(file))
-            except BoneAppsError as exc:  # a foreign JSON file, a full disk, a read-only folder
-                self.last_error = str(exc)
-                self.statusBar().showMessage("Not saved: see the message.")
-                show_error(self, "IoU", str(exc))
-
     def closeEvent(self, event) -> None:  # noqa: N802 - Qt override
         if self.worker is not None:
             self.worker.stop()
             self.worker.wait()
         self.morphometry.join()
+        self.sample.join()
         super().closeEvent(event)
 
 

@@ -86,7 +86,7 @@ class JobWidget(Container):
         try:
             func, args, kwargs = self.job()
         except BoneAppsError as exc:
-            self.say(str(exc))
+            self.say(exc.shown(as_label=True))
             return
         self._stop = threading.Event()
         worker = create_worker(func, *args, stop=self._stop, **kwargs, _ignore_errors=True)
@@ -133,8 +133,8 @@ class JobWidget(Container):
         if isinstance(exc, Cancelled):
             self.say("Stopped.")
         elif isinstance(exc, BoneAppsError):
-            self.say(str(exc))
-            show_error(str(exc))
+            self.say(exc.shown(as_label=True))
+            show_error(exc.shown(as_label=True))
         else:
             self.say(f"{type(exc).__name__}: {exc}")
             notification_manager.receive_error(type(exc), exc, exc.__traceback__)

@@ -18,7 +18,8 @@ import numpy as np
 
 from bone_apps.core.io import formats
 from bone_apps.core.io.stack_kind import label_stack_reason
-from bone_apps.core.io.volume import Volume, list_tiff_files, open_volume, volume_id
+from bone_apps.core.io.tiff import list_tiff_files
+from bone_apps.core.io.volume import Volume, open_volume, volume_id
 from bone_apps.napari_plugin.lazy import VolumeArray
 
 LayerData = tuple[Any, dict, str]  # (data, layer keyword arguments, layer type)

@@ -11,7 +11,7 @@ from napari.layers import Image
 
 from bone_apps.core.errors import BoneAppsError
 from bone_apps.core.predict.config import PredictConfig
-from bone_apps.core.predict.segment import SliceProgress
+from bone_apps.core.predict.reports import SliceProgress
 from bone_apps.core.predict.segment_array import ArraySegmentation, SegmentStarted, segment_array
 from bone_apps.napari_plugin.job_widget import Job, JobWidget, layers_of, level0
 

@@ -47,10 +47,8 @@ class BackgroundTask(QObject):
             return fn()
             yield  # a generator, as JobWorker expects
 
-        self.worker = JobWorker(job)
-        self.worker.returned.connect(self._on_returned)
-        self.worker.errored.connect(self._on_errored)
-        self.worker.finished.connect(self._on_finished)
+        self.worker = JobWorker(job, returned=self._on_returned, errored=self._on_errored,
+                                finished=self._on_finished)
         self.worker.start()
 
     def _on_returned(self, value: object) -> None:

@@ -16,7 +16,6 @@ from PySide6.QtWidgets import (
     QHBoxLayout,
     QHeaderView,
     QLabel,
-    QScrollArea,
     QSizePolicy,
     QTableWidget,
     QTableWidgetItem,
@@ -39,6 +38,7 @@ from bone_apps.core.evaluate.rank import (
 )
 from bone_apps.core.evaluate.summary import RULES, scan_table, table6_rows
 from bone_apps.ui.background import BackgroundTask
+from bone_apps.ui.widgets import scroll_column
 
 NO_SCANS = "No scan scored yet."
 NO_PLOT = "The plot needs matplotlib, which is not installed (pip install matplotlib)."
@@ -239,10 +239,7 @@ class BenchView(QWidget):
                 inner.addLayout(part) if isinstance(part, QHBoxLayout) else inner.addWidget(part)
             column.addWidget(box)
         column.addStretch(1)
-        scroll = QScrollArea()  # tables as tall as their rows: a small window scrolls them
-        scroll.setWidget(content)
-        scroll.setWidgetResizable(True)
-        scroll.setFrameShape(QScrollArea.Shape.NoFrame)
+        scroll = scroll_column(content, horizontal=True)  # tables as tall as their rows
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(scroll)

@@ -30,7 +30,7 @@ from bone_apps.core.errors import BoneAppsError
 from bone_apps.core.io.outputs import write_atomic, write_json_file
 from bone_apps.ui.background import join_worker
 from bone_apps.ui.dialogs import show_error
-from bone_apps.ui.worker import JobWorker
+from bone_apps.ui.worker import JobWorker, dispose
 
 Job = Callable[[threading.Event], Generator]
 # Core's advice names the command-line option; here the same advice names the field.
@@ -170,12 +170,9 @@ class MeasureView(QWidget):
         self._show_empty("Measuring…")
         self._stale = False
         self.progress.setRange(0, 0)  # busy until the first record
-        self.worker = JobWorker(job)
-        self.worker.yielded.connect(self._on_progress)
-        self.worker.returned.connect(self._on_result)
-        self.worker.errored.connect(self._on_error)
-        self.worker.cancelled.connect(self._on_cancelled)
-        self.worker.finished.connect(self._on_finished)
+        self.worker = JobWorker(job, yielded=self._on_progress, returned=self._on_result,
+                                errored=self._on_error, cancelled=self._on_cancelled,
+                                finished=self._on_finished)
         self._set_running(True)
         self.worker.start()
 
@@ -247,10 +244,7 @@ class MeasureView(QWidget):
 
     def _on_finished(self) -> None:
         self._set_running(False)
-        if self.worker is not None:
-            self.worker.wait()
-            self.worker.deleteLater()
-        self.worker = None
+        self.worker = dispose(self.worker)
         self.ended.emit()
 
     # -- saving ---------------------------------------------------------------------------------

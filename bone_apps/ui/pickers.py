@@ -36,6 +36,21 @@ def save_folder(beside: Path | None, last: str | Path | None = None) -> Path:
     return Path(last) if last and Path(last).is_dir() else Path.home()
 
 
+def accept_url_drag(event: QDragEnterEvent) -> None:
+    """Accept a drag that carries files or folders (dragEnterEvent of a drop target)."""
+    if event.mimeData().hasUrls():
+        event.acceptProposedAction()
+
+
+def dropped_path(event: QDropEvent) -> str | None:
+    """The local file or folder dropped (the drop accepted), or None."""
+    urls = event.mimeData().urls()
+    if urls and urls[0].isLocalFile():
+        event.acceptProposedAction()
+        return urls[0].toLocalFile()
+    return None
+
+
 class PathPicker(QWidget):
     """Line edit + "Folder..." + "File..." buttons; accepts a dropped folder or file.
 
@@ -109,11 +124,9 @@ class PathPicker(QWidget):
             self.set_path(file)
 
     def dragEnterEvent(self, event: QDragEnterEvent) -> None:  # noqa: N802 - Qt override
-        if event.mimeData().hasUrls():
-            event.acceptProposedAction()
+        accept_url_drag(event)
 
     def dropEvent(self, event: QDropEvent) -> None:  # noqa: N802 - Qt override
-        urls = event.mimeData().urls()
-        if urls and urls[0].isLocalFile():
-            self.set_path(urls[0].toLocalFile())
-            event.acceptProposedAction()
+        path = dropped_path(event)
+        if path:
+            self.set_path(path)

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import atexit
+import gc
 import threading
 import traceback
 from collections.abc import Callable, Generator
 
-from PySide6.QtCore import QCoreApplication, QObject, Qt, QThread, Signal
+from PySide6.QtCore import QCoreApplication, QObject, Qt, QThread, QTimer, Signal
 
 from bone_apps.core.errors import BoneAppsError, Cancelled
 
@@ -16,6 +17,60 @@ JobFactory = Callable[[threading.Event], Generator]
 # window and QApplication that were locals of a user's function) cannot destroy a running
 # QThread, which aborts the process; at exit they are stopped and waited for.
 _LIVE: set[JobWorker] = set()
+
+
+class _GuiThreadGarbage:
+    """Python's cyclic garbage collection, done on the GUI thread while workers run.
+
+    Automatic collection starts in whichever thread allocates when a threshold is passed. If
+    that is a worker thread and the garbage holds a closed window's cycle, Qt widgets are
+    destroyed off the GUI thread and the process crashes. So while any worker runs, automatic
+    collection is off and a timer on the GUI thread collects the generations whose thresholds
+    are passed; when the last worker ends, collection is automatic again.
+    """
+
+    def __init__(self) -> None:
+        self._timer: QTimer | None = None
+        self._was_enabled = True
+
+    def workers_started(self) -> None:
+        if self._timer is not None:
+            return
+        self._was_enabled = gc.isenabled()
+        gc.disable()
+        self._timer = QTimer()
+        self._timer.timeout.connect(self._collect)
+        self._timer.start(250)
+
+    def workers_ended(self) -> None:
+        if self._timer is None:
+            return
+        self._timer.stop()
+        self._timer.deleteLater()
+        self._timer = None
+        if self._was_enabled:
+            gc.enable()
+
+    @staticmethod
+    def _collect() -> None:
+        counts, thresholds = gc.get_count(), gc.get_threshold()
+        if counts[0] > thresholds[0]:
+            generation = 2 if counts[2] > thresholds[2] else 1 if counts[1] > thresholds[1] else 0
+            gc.collect(generation)
+
+
+_GARBAGE = _GuiThreadGarbage()
+
+
+def _keep(worker: JobWorker) -> None:
+    _LIVE.add(worker)
+    _GARBAGE.workers_started()
+
+
+def _forget(worker: JobWorker) -> None:
+    _LIVE.discard(worker)
+    if not _LIVE:
+        _GARBAGE.workers_ended()
 
 
 class JobWorker(QObject):
@@ -33,7 +88,11 @@ class JobWorker(QObject):
     cancelled = Signal()
     finished = Signal()
 
-    def __init__(self, factory: JobFactory) -> None:
+    def __init__(self, factory: JobFactory, *, yielded: Callable | None = None,
+                 returned: Callable | None = None, errored: Callable | None = None,
+                 cancelled: Callable | None = None, finished: Callable | None = None) -> None:
+        """The slots given are connected to the signals of their names (pass methods of objects
+        living on the GUI thread, so that Qt runs them there)."""
         super().__init__()
         self._factory = factory
         self.stop_event = threading.Event()
@@ -45,15 +104,19 @@ class JobWorker(QObject):
         # mid-run) cannot block the very event that would end the thread.
         self.finished.connect(self._thread.quit, Qt.ConnectionType.DirectConnection)
         self._thread.finished.connect(self._release)
+        for signal, slot in ((self.yielded, yielded), (self.returned, returned), (self.errored, errored),
+                             (self.cancelled, cancelled), (self.finished, finished)):
+            if slot is not None:
+                signal.connect(slot)
 
     def start(self) -> None:
-        _LIVE.add(self)
+        _keep(self)
         self._thread.start()
 
     def _release(self) -> None:
         """The thread has ended: the worker no longer needs keeping alive."""
         self._thread.wait()
-        _LIVE.discard(self)
+        _forget(self)
 
     def stop(self) -> None:
         """Ask the job to end at its next safe point."""
@@ -66,7 +129,7 @@ class JobWorker(QObject):
         """Block until the thread has ended (for closing a window and for tests)."""
         ended = self._thread.wait(msecs)
         if ended:
-            _LIVE.discard(self)
+            _forget(self)
         return ended
 
     def _run(self) -> None:
@@ -82,7 +145,7 @@ class JobWorker(QObject):
         except Cancelled:
             self.cancelled.emit()
         except BoneAppsError as exc:
-            self.errored.emit(str(exc))
+            self.errored.emit(exc.shown(as_label=True))
         except MemoryError:
             self.errored.emit("The computer ran out of memory: close other programs or use "
                               "smaller settings, then try again.")
@@ -97,6 +160,14 @@ class JobWorker(QObject):
             if app is not None:
                 self.moveToThread(app.thread())
             self.finished.emit()
+
+
+def dispose(worker: JobWorker | None) -> None:
+    """Let a finished worker's thread end and delete the worker later; returns None, for
+    `self.worker = dispose(self.worker)` in a `finished` slot."""
+    if worker is not None:
+        worker.wait()
+        worker.deleteLater()
 
 
 @atexit.register

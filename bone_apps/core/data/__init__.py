@@ -1,2 +1,2 @@
-"""What fitting feeds on: normalization, scan/mask pairs, sampling, the loader, the split and synthetic
-scans."""
+"""What fitting feeds on: normalization and statistics, scan/mask pairs, augmentation, sampling, the
+loader, the split and synthetic scans."""

@@ -14,17 +14,18 @@ import hashlib
 import json
 import math
 import os
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Generator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from enum import Enum
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
-from bone_apps.core.choices import parse_choice
-from bone_apps.core.errors import BoneAppsError
-from bone_apps.core.io.outputs import atomic_target
+from bone_apps.core.choices import Choice
+from bone_apps.core.errors import BoneAppsError, OutputWriteError
+from bone_apps.core.io.outputs import write_atomic
 from bone_apps.core.io.volume import Volume, open_volume, source_files
 
 # Robust min-max uses these percentiles by default: a handful of hot pixels, metal or
@@ -35,12 +36,13 @@ P_LOW, P_HIGH = 0.5, 99.5
 # the range is wide; it only bounds outliers such as metal and the augmented brightness.
 ZSCORE_RANGE = (-10.0, 10.0)
 MINMAX_RANGE = (0.0, 1.0)
+T = TypeVar("T")
 # Float scans: the histogram for the percentiles has this many bins between min and max.
 _FLOAT_BINS = 1 << 16
 _CACHE_VERSION = 1
 
 
-class NormMethod(str, Enum):
+class NormMethod(Choice, what="normalization", error=BoneAppsError):
     """How scan intensities are mapped before they reach the network.
 
     ZSCORE: (x - mean) / std, clipped to ZSCORE_RANGE.
@@ -54,10 +56,6 @@ class NormMethod(str, Enum):
     MINMAX = "minmax"
     MINMAX_FULL = "minmax-full"
 
-    @classmethod
-    def parse(cls, text: str | NormMethod) -> NormMethod:
-        """The member named `text`; BoneAppsError listing the valid names otherwise."""
-        return parse_choice(cls, text, "normalization", BoneAppsError)
 
 
 @dataclass(frozen=True)
@@ -236,9 +234,8 @@ def _read_cache(file: Path) -> dict | None:
 def _write_cache(file: Path, fingerprint: dict, value: dict) -> None:
     try:
         file.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_target(file) as tmp:
-            tmp.write_text(json.dumps({"scan": fingerprint, "value": value}, indent=1))
-    except OSError:
+        write_atomic(file, json.dumps({"scan": fingerprint, "value": value}, indent=1))
+    except (OSError, OutputWriteError):
         pass  # a read-only cache only costs a recomputation next time
 
 
@@ -378,3 +375,36 @@ def compute_stats_many(
     tasks = [(stats_task, Path(p), "stats") for p in paths]
     values = run_volume_tasks(tasks, workers, cache_dir, progress)
     return [ScanStats.from_dict(v) for v in values]
+
+
+# ----------------------------------------------------------------------------------------------
+# Statistics as progress records
+
+
+@dataclass(frozen=True)
+class StatsProgress:
+    """Scan statistics (and, when fitting, mask checks): `done` of `total` volumes finished."""
+
+    done: int
+    total: int
+
+
+def stats_with_progress(work: Callable[[Callable[[int, int], None]], T], name: str,
+                        stop: threading.Event | None = None,
+                        stopped: str = "the statistics were stopped.") -> Generator[StatsProgress, None, T]:
+    """Run `work(progress)` in a helper thread, yielding a StatsProgress for each
+    `progress(done, total)` it reports, and return its value.
+
+    `work` is compute_stats_many, check_pairs or anything else that reports per volume. With
+    `stop`, a stop request ends the wait between records (jobs.run.records_from_thread).
+
+    Raises:
+        Cancelled: `stop` was set (with the sentence `stopped`).
+        Whatever `work` raises.
+    """
+    from bone_apps.core.jobs.run import records_from_thread
+
+    def run(emit: Callable[[StatsProgress], None]) -> T:
+        return work(lambda done, total: emit(StatsProgress(done, total)))
+
+    return (yield from records_from_thread(run, name, stop, stopped))

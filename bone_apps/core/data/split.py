@@ -75,18 +75,6 @@ def split_scans(
     return Split(tuple(shuffled[:n_train]), tuple(shuffled[n_train:]), seed, train_fraction)
 
 
-def kfold_splits(ids: Sequence[str], folds: int, seed: int = 42) -> list[Split]:
-    """k scan-level folds: each scan validates in exactly one fold (cross-validation)."""
-    ids = list(ids)
-    if not 2 <= folds <= len(ids):
-        raise FitConfigError(f"{folds} folds need between 2 and {len(ids)} scans per fold count: "
-                             "choose fewer folds.")
-    order = [ids[i] for i in np.random.default_rng(seed).permutation(len(ids))]
-    parts = [order[f::folds] for f in range(folds)]
-    return [Split(tuple(s for p in parts[:f] + parts[f + 1:] for s in p), tuple(parts[f]), seed, None)
-            for f in range(folds)]
-
-
 def write_split(path: Path, split: Split) -> Path:
     """Write split.json atomically."""
     return write_atomic(Path(path), json.dumps(split.to_dict(), indent=2) + "\n")

@@ -18,19 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bone_apps.core.errors import FitConfigError
+from bone_apps.core.evaluate import runs as experiment
 from bone_apps.core.evaluate import summary as table6
 from bone_apps.core.evaluate.folds import Folds, make_folds, pool_split
 from bone_apps.core.evaluate.plot import write_cv_plot
-from bone_apps.core.evaluate.runs import (
-    RunOutcome,
-    RunPlan,
-    check_same_plan,
-    claim_experiment,
-    execute_run,
-    experiment_pairs,
-    run_config,
-    write_json,
-)
 from bone_apps.core.fit.config import FitConfig
 from bone_apps.core.io.outputs import write_atomic
 
@@ -107,7 +98,7 @@ def plan_folds(config: CVConfig) -> tuple[Folds, list]:
     """The folds and the pairs of the data, with every refusal made before anything is written."""
     _check(config)
     config.fit.validate()
-    pairs = experiment_pairs(config.fit)
+    pairs = experiment.experiment_pairs(config.fit)
     folds = make_folds([p.id for p in pairs], config.folds, config.order_seed, config.order_file,
                        config.fit.val_scans)
     return folds, pairs
@@ -135,7 +126,7 @@ def cross_validate(config: CVConfig, stop: threading.Event | None = None
     seeds = tuple(int(s) for s in config.seeds)
     keys = [run_key(f, s) for f in range(1, folds.k + 1) for s in seeds]
     template = config.fit.replace(out=str(out))
-    lock = claim_experiment(out, KIND, [FOLDS_JSON, CV_JSON, CV_CSV, CV_MD, CV_PNG, *keys])
+    lock = experiment.claim_experiment(out, KIND, [FOLDS_JSON, CV_JSON, CV_CSV, CV_MD, CV_PNG, *keys])
     try:
         plan = _folds_document(folds, seeds, template, by_id)
         _write_or_check_folds(out, plan, template, keys)
@@ -143,28 +134,28 @@ def cross_validate(config: CVConfig, stop: threading.Event | None = None
         yield CVMessage(f"{folds.k} folds of {', '.join(str(len(t)) for t in folds.tests)} test scans, "
                         f"{len(seeds)} seed(s): {len(keys)} fits into {out} (folds in "
                         f"{out / FOLDS_JSON})")
-        runs = []
+        plans = []
         for f in range(1, folds.k + 1):
             pool = [by_id[i] for i in folds.pool(f)]
             tests = tuple(by_id[i] for i in folds.tests[f - 1])
             for s in seeds:
-                runs.append((f, s, RunPlan(run_key(f, s), f"fold {f}, seed {s}",
-                                           run_config(template, out / run_key(f, s), pool, seed=s),
-                                           tests)))
+                key = run_key(f, s)
+                fit = experiment.run_config(template, out / key, pool, seed=s)
+                plans.append((f, s, experiment.RunPlan(key, f"fold {f}, seed {s}", fit, tests)))
         rows: list[dict] = []
         fits: list[dict] = []
         status = "completed"
         data: dict = {}
         files: dict = {}
-        for index, (f, s, run) in enumerate(runs):
-            outcome: RunOutcome = yield from execute_run(run, out, index, len(runs), stop)
+        for index, (f, s, run) in enumerate(plans):
+            outcome = yield from experiment.execute_run(run, out, index, len(plans), stop)
             if outcome.status != "completed":
                 status = "stopped"
                 break
             rows += [{"fold": f, "seed": s, **r} for r in outcome.rows]
             fits.append(_fit_row(f, s, run.key, outcome))
             data, files = _write_results(out, folds, seeds, plan, rows, fits,
-                                         complete=index + 1 == len(runs))
+                                         complete=index + 1 == len(plans))
             yield CVUpdated(data)
         if not data:
             data, files = _write_results(out, folds, seeds, plan, rows, fits, complete=False)
@@ -191,14 +182,14 @@ def _write_or_check_folds(out: Path, plan: dict, template: FitConfig, keys: Sequ
     """Write folds.json, or check that the one there describes this cross-validation. A folder
     where no fit has started yet takes the new plan."""
     path = out / FOLDS_JSON
-    differs = check_same_plan(path, plan, ("folds", "seeds"), template, out, keys)
+    differs = experiment.check_same_plan(path, plan, ("folds", "seeds"), template, out, keys)
     if differs:
         raise FitConfigError(f"{out} holds a cross-validation with other {differs}: give the "
                              f"options it was started with (see {path}), or another --out.")
-    write_json(path, plan)
+    experiment.write_json(path, plan)
 
 
-def _fit_row(fold: int, seed: int, key: str, outcome: RunOutcome) -> dict:
+def _fit_row(fold: int, seed: int, key: str, outcome: experiment.RunOutcome) -> dict:
     summary = outcome.fit
     return {"fold": fold, "seed": seed, "run": key, "best_epoch": summary.get("best_epoch"),
             "best_val_iou": summary.get("best_val_iou"), "epochs": summary.get("epochs_done"),
@@ -221,7 +212,7 @@ def _write_results(out: Path, folds: Folds, seeds: Sequence[int], plan: dict, ro
     """cv.json, cv.csv, cv.md and cv.png from the rows scored so far."""
     data = cv_data(folds, seeds, plan, rows, fits, complete)
     classes = data["classes"]
-    files: dict[str, Path | None] = {"json": write_json(out / CV_JSON, data)}
+    files: dict[str, Path | None] = {"json": experiment.write_json(out / CV_JSON, data)}
     files["csv"] = write_atomic(out / CV_CSV, table6.scans_csv(rows, classes))
     files["markdown"] = write_atomic(out / CV_MD, table6.table6_markdown(
         data, seeds, [len(t) for t in folds.tests]))

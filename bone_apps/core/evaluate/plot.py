@@ -9,7 +9,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from bone_apps.core.io.outputs import atomic_target, output_error
+from bone_apps.core.io.outputs import write_atomic
 
 _MARKERS = "osD^v<>ph*"
 
@@ -34,13 +34,7 @@ def write_cv_plot(path: str | os.PathLike, rows: Sequence[dict], folds: Sequence
     png = cv_plot_png(rows, folds, seeds)
     if png is None:
         return None
-    path = Path(path)
-    try:
-        with atomic_target(path) as tmp, open(tmp, "wb") as handle:
-            handle.write(png)
-    except OSError as exc:
-        raise output_error(exc, path) from None
-    return path
+    return write_atomic(path, png)
 
 
 def cv_plot_png(rows: Sequence[dict], folds: Sequence[Sequence[str]], seeds: Sequence[int]) -> bytes | None:

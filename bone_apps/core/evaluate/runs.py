@@ -24,6 +24,7 @@ from bone_apps.core.errors import Cancelled, OutputExistsError
 from bone_apps.core.fit import runfiles
 from bone_apps.core.fit.config import FitConfig
 from bone_apps.core.io import outputs
+from bone_apps.core.jobs.run import relay
 
 PRED = "pred"
 # What a run does with its fit: fit anew, start again over an unfinished run that never saved
@@ -275,15 +276,7 @@ def execute_run(plan: RunPlan, root: Path, index: int, total: int,
 
 def _forward(job: Generator, index: int, total: int, label: str) -> Generator[object, None, object]:
     """Drive `job`, wrapping each of its records in RunProgress; returns its value."""
-    try:
-        while True:
-            try:
-                event = next(job)
-            except StopIteration as done:
-                return done.value
-            yield RunProgress(index, total, label, event)
-    finally:
-        job.close()
+    return (yield from relay(job, lambda event: RunProgress(index, total, label, event)))
 
 
 def _own_predictions(out: Path) -> None:

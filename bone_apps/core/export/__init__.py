@@ -7,4 +7,5 @@ onnx.py      `export_onnx`: the network as ONNX with the weights' metadata insid
 runtime.py   `load_onnx_model`: an .onnx file as the network of prediction (onnxruntime)
 bioimageio.py  `export_bioimageio`: a bioimage.io model package (rdf, test tensors, TorchScript
              and ONNX weights, cover, documentation), validated offline
+bioimageio_check.py  a package's file names and preprocessing; `validate_package`, `check_package`
 """

@@ -14,7 +14,7 @@ and checked against the description, the test and sample tensors against the axe
 description names no web address and no GitHub account, so nothing is looked up online.
 bioimageio.spec checks the format only; running the weights on the test input (what
 bioimageio.core's test_model does) is done here with onnxruntime and TorchScript before the
-package is zipped, and `check_package` does it for any package.
+package is zipped, and `check_package` does it for any package (both in bioimageio_check.py).
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ import os
 import re
 import tempfile
 import warnings
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -32,19 +31,26 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from bone_apps.core.errors import BoneAppsError
+from bone_apps.core.export.bioimageio_check import (
+    FILES,
+    Validation,
+    issue_lines,
+    preprocess,
+    preprocessing,
+    reproduce,
+    validate_package,
+    zip_is_ours,
+)
 from bone_apps.core.export.onnx import (
     EXPORTABLE,
     OPSET,
     TOLERANCE,
     check_agreement,
     check_exportable_target,
-    cpu_session,
-    difference,
     load_fitted_model,
     onnx_bytes,
     other_size,
     require,
-    run_session,
     spatial_axes,
     with_metadata,
 )
@@ -52,7 +58,7 @@ from bone_apps.core.export.onnx import (
 if TYPE_CHECKING:
     import torch
 
-    from bone_apps.core.predict.segment import ModelSpec
+    from bone_apps.core.model.spec import ModelSpec
 
 LICENSE = "CC-BY-4.0"
 PAPER = {
@@ -64,51 +70,10 @@ PAPER = {
 }
 INPUT_ID = "raw"
 OUTPUT_ID = "probabilities"
-EPS = 1e-6  # bioimage.io's default epsilon of zero_mean_unit_variance and scale_range
-RDF_NAME = "rdf.yaml"
-FILES = {"onnx": "weights.onnx", "torchscript": "weights-torchscript.pt", "test_input": "test_input.npy",
-         "test_output": "test_output.npy", "sample_input": "sample_input.tif",
-         "sample_output": "sample_output.tif", "cover": "cover.png", "readme": "README.md"}
 _NAME_CHARACTERS = r"A-Za-z0-9_+\- ()"
 _COVER_HEIGHT = 256
 _COLOURS = np.array([(0, 0, 0), (240, 200, 60), (220, 60, 60), (60, 130, 230), (70, 200, 120),
                      (200, 90, 220), (240, 140, 40), (60, 210, 210)], dtype=np.float32)
-
-
-# ----------------------------------------------------------------------------------------------
-# Preprocessing: the model's normalization in bioimage.io's steps
-
-
-def preprocessing(norm: str, axes: list[str]) -> list[dict]:
-    """The rdf's preprocessing steps for a normalization, statistics over `axes` of a sample."""
-    from bone_apps.core.data.normalize import P_HIGH, P_LOW, NormMethod, value_range
-
-    method = NormMethod.parse(norm)
-    low, high = value_range(method)
-    if method is NormMethod.ZSCORE:
-        first = {"id": "zero_mean_unit_variance", "kwargs": {"axes": axes, "eps": EPS}}
-    else:
-        p_low, p_high = (P_LOW, P_HIGH) if method is NormMethod.MINMAX else (0.0, 100.0)
-        first = {"id": "scale_range", "kwargs": {"axes": axes, "min_percentile": p_low,
-                                                 "max_percentile": p_high, "eps": EPS}}
-    return [first, {"id": "clip", "kwargs": {"min": float(low), "max": float(high)}}]
-
-
-def preprocess(raw: np.ndarray, norm: str) -> np.ndarray:
-    """`raw` (B, C, ...) normalized as the rdf's preprocessing says: each sample with its own
-    statistics over all its axes, then clipped (float32)."""
-    from bone_apps.core.data.normalize import P_HIGH, P_LOW, NormMethod, value_range
-
-    method = NormMethod.parse(norm)
-    data = raw.astype(np.float64)
-    axes = tuple(range(1, data.ndim))
-    if method is NormMethod.ZSCORE:
-        out = (data - data.mean(axis=axes, keepdims=True)) / (data.std(axis=axes, keepdims=True) + EPS)
-    else:
-        qs = (P_LOW, P_HIGH) if method is NormMethod.MINMAX else (0.0, 100.0)
-        low, high = np.percentile(data, qs, axis=axes, keepdims=True)
-        out = (data - low) / (high - low + EPS)
-    return np.clip(out, *value_range(method)).astype(np.float32)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -255,91 +220,6 @@ def _check_license(license: str) -> None:
 
 
 # ----------------------------------------------------------------------------------------------
-# Validation and checks
-
-
-@dataclass(frozen=True)
-class Validation:
-    """What bioimageio.spec said of a package: its status and its warnings as lines."""
-
-    status: str  # "valid-format" (all bioimageio.spec checks), "passed" (with dynamic tests), "failed"
-    spec_version: str
-    format_version: str
-    warnings: tuple[str, ...]
-    errors: tuple[str, ...]
-
-
-def _entries(entries) -> tuple[str, ...]:
-    return tuple(f"{'.'.join(map(str, e.loc)) or 'package'}: {e.msg}" for e in entries)
-
-
-def validate_package(path: str | os.PathLike) -> Validation:
-    """Validate a bioimage.io package with bioimageio.spec, with its file checks on.
-
-    Nothing is downloaded for packages bone_apps writes: every file they name is inside them.
-    """
-    spec = require("bioimageio.spec")
-    with zipfile.ZipFile(path) as archive:
-        descr = spec.load_description(archive, perform_io_checks=True)
-    summary = descr.validation_summary
-    return Validation(status=summary.status, spec_version=spec.__version__,
-                      format_version=str(summary.format_version), warnings=_entries(summary.warnings),
-                      errors=_entries(summary.errors))
-
-
-def check_package(path: str | os.PathLike, norm: str) -> dict[str, float]:
-    """Run every weights format of a package on its test input (preprocessed as its rdf says)
-    and compare with its test output: the largest difference per format (what bioimageio.core's
-    test_model does, with onnxruntime and TorchScript).
-
-    Raises:
-        BoneAppsError: a format differs by more than TOLERANCE.
-    """
-    import io
-
-    with zipfile.ZipFile(path) as archive:
-        test_input = np.load(io.BytesIO(archive.read(FILES["test_input"])))
-        expected = np.load(io.BytesIO(archive.read(FILES["test_output"])))
-        return _reproduce(io.BytesIO(archive.read(FILES["torchscript"])), archive.read(FILES["onnx"]),
-                          test_input, expected, norm)
-
-
-def _reproduce(script, onnx_data: bytes, test_input: np.ndarray, expected: np.ndarray,
-               norm: str) -> dict[str, float]:
-    """Largest difference from `expected` of the TorchScript and ONNX weights on `test_input`."""
-    import torch
-
-    x = preprocess(test_input, norm)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)  # TorchScript is what bioimage.io runs
-        network = torch.jit.load(script, map_location="cpu")
-    with torch.no_grad():
-        results = {"TorchScript": network(torch.from_numpy(x)).numpy(),
-                   "onnxruntime": run_session(cpu_session(onnx_data), x)}
-    checks = {name: difference(expected, got) for name, got in results.items()}
-    for name, value in checks.items():
-        if not value <= TOLERANCE:
-            raise BoneAppsError(f"the package's {name} weights do not reproduce its test output "
-                                f"(difference {value:.2g}, more than {TOLERANCE:g}), so it was not saved: "
-                                f"fit and export a model of another architecture ({EXPORTABLE}).")
-    return checks
-
-
-def zip_is_ours(path: Path) -> bool:
-    """Whether the zip at `path` is a bioimage.io package bone_apps wrote."""
-    import yaml
-
-    from bone_apps.core.io.outputs import is_written_by_us
-
-    try:
-        with zipfile.ZipFile(path) as archive:
-            rdf = yaml.safe_load(archive.read(RDF_NAME))
-        return is_written_by_us(rdf["config"]["bone_apps"]["written_by"])
-    except Exception:  # noqa: BLE001 - unreadable or another kind of zip: not ours
-        return False
-
-
-# ----------------------------------------------------------------------------------------------
 # The export
 
 
@@ -414,7 +294,7 @@ def export_bioimageio(
         _check_name(name)
     model, meta, spec = load_fitted_model(weights)
     name = _check_name(name or default_name(meta))
-    what = f"{weights} ({meta.get('arch')} with {meta.get('encoder')}, {spec.dims})"
+    what = f"{weights} ({meta.get('arch')} with {meta.get('encoder')}, {spec.dims.value})"
     raw = sample_block(spec, meta, sample)
     x = torch.from_numpy(preprocess(raw, spec.norm))
     network = _probabilities_network(model)
@@ -436,7 +316,7 @@ def export_bioimageio(
         _write_sample(root / FILES["sample_output"], probabilities)
         write_cover(x.numpy(), probabilities, spec.dims, root / FILES["cover"])
         # The README states the checks, so they run first, on the files as they are packed.
-        checks = _reproduce(str(root / FILES["torchscript"]), data, raw, probabilities, spec.norm)
+        checks = reproduce(str(root / FILES["torchscript"]), data, raw, probabilities, spec.norm)
         (root / FILES["readme"]).write_text(_readme(name, meta, spec, steps, checks), encoding="utf-8")
         rdf = _rdf(spec_lib, meta, spec, name, description, authors, license, steps)
         package = Path(folder) / "package.zip"
@@ -464,7 +344,7 @@ def _rdf(spec_lib, meta: dict, spec: ModelSpec, name: str, description: str | No
     from bone_apps.core.io.outputs import WRITTEN_BY
 
     inputs, outputs = _axes(spec)
-    description = description or (f"{meta.get('arch')} ({meta.get('encoder')}, {spec.dims}) segmenting "
+    description = description or (f"{meta.get('arch')} ({meta.get('encoder')}, {spec.dims.value}) segmenting "
                                   f"micro-CT scans into {', '.join(spec.class_names)}; fitted and "
                                   "exported with bone_apps.")
     return {
@@ -477,7 +357,8 @@ def _rdf(spec_lib, meta: dict, spec: ModelSpec, name: str, description: str | No
         "license": license,
         "documentation": {"source": FILES["readme"]},
         "covers": [{"source": FILES["cover"]}],
-        "tags": ["bone", "micro-ct", "semantic-segmentation", spec.dims, "pytorch", "onnx", "bone_apps"],
+        "tags": ["bone", "micro-ct", "semantic-segmentation", spec.dims.value,
+                 "pytorch", "onnx", "bone_apps"],
         "inputs": [{"id": INPUT_ID, "axes": inputs, "data": {"type": "float32"},
                     "test_tensor": {"source": FILES["test_input"]},
                     "sample_tensor": {"source": FILES["sample_input"]},
@@ -510,7 +391,7 @@ def _save_package(spec_lib, rdf: dict, root: Path, package: Path) -> None:
     context = spec_lib.ValidationContext(root=root, perform_io_checks=True)
     descr = spec_lib.build_description(rdf, context=context)
     if isinstance(descr, spec_lib.InvalidDescr):
-        errors = "; ".join(_entries(descr.validation_summary.errors))[:300]
+        errors = "; ".join(issue_lines(descr.validation_summary.errors))[:300]
         raise BoneAppsError(f"the bioimage.io description is invalid ({errors}), so nothing was saved: fix "
                             "the option it names (e.g. --license, --name) and export again.")
     spec_lib.save_bioimageio_package(descr, output_path=package)

@@ -220,7 +220,7 @@ def export_onnx(weights: str | os.PathLike, out: str | os.PathLike, overwrite: b
         BoneAppsError: the network cannot be exported faithfully, or a library is missing.
     """
     from bone_apps.core.export.sample import sample_block
-    from bone_apps.core.io.outputs import atomic_target, check_target, output_error
+    from bone_apps.core.io.outputs import check_target, write_atomic
 
     out = Path(out).expanduser()
     check_exportable_target(out, ".onnx", overwrite, onnx_is_ours)
@@ -230,11 +230,7 @@ def export_onnx(weights: str | os.PathLike, out: str | os.PathLike, overwrite: b
     data = with_metadata(onnx_bytes(model, example, spec.dims, "logits", what), meta, "logits")
     worst = check_agreement(model, data, [example, other_size(example, spec.required_multiple)], what)
     check_target(out, overwrite, onnx_is_ours)
-    try:
-        with atomic_target(out) as tmp:
-            tmp.write_bytes(data)
-    except OSError as exc:
-        raise output_error(exc, out) from None
+    write_atomic(out, data)
     return OnnxExport(out, OPSET, tuple(example.shape), worst, len(data))
 
 

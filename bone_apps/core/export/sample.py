@@ -18,7 +18,7 @@ from bone_apps.core.data.normalize import P_HIGH, P_LOW, ScanStats
 from bone_apps.core.errors import BoneAppsError
 
 if TYPE_CHECKING:
-    from bone_apps.core.predict.segment import ModelSpec
+    from bone_apps.core.model.spec import ModelSpec
 
 TEST_SIDE_MAX = 256
 TEST_DEPTH_MAX = 64

@@ -11,50 +11,25 @@ safe default.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from bone_apps.core.data.normalize import ScanStats
 from bone_apps.core.io.labels import LabelMap
 from bone_apps.core.io.volume import Volume, open_volume
+from bone_apps.core.predict.settings import InferenceSettings
 from bone_apps.core.predict.windows import BlendMode
 from bone_apps.core.score.metrics import confusion_matrix
 
-DEFAULT_CHUNK = 512  # the paper's prediction chunk
-DEFAULT_OVERLAP = 0.25
-PATCH_OVERLAP = 0.5  # with Gaussian blending when windows are only the training patch's size
+if TYPE_CHECKING:
+    from bone_apps.core.fit.plan import RunPlan
+    from bone_apps.core.model.spec import ModelSpec
+
 DEFAULT_THRESHOLD = 0.5
 MIN_AGREEMENT = 0.99  # voxels labelled alike by patch-sized and default windows
-
-
-@dataclass(frozen=True)
-class InferenceSettings:
-    """How prediction cuts and merges a scan: chunk edge, overlap and blending."""
-
-    chunk: int = DEFAULT_CHUNK
-    overlap: float = DEFAULT_OVERLAP
-    blend: str = BlendMode.MEAN.value
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_meta(cls, meta: dict) -> InferenceSettings:
-        """The settings a weights file recommends (the paper's for files that say nothing)."""
-        data = meta.get("inference") or {}
-        return cls(int(data.get("chunk") or DEFAULT_CHUNK),
-                   float(data.get("overlap", DEFAULT_OVERLAP)),
-                   BlendMode.parse(data.get("blend") or BlendMode.MEAN.value).value)
-
-    @classmethod
-    def patch_sized(cls, patch: int) -> InferenceSettings:
-        """Windows the size of the training patches, half-overlapping, Gaussian-blended."""
-        return cls(int(patch), PATCH_OVERLAP, BlendMode.GAUSSIAN.value)
-
-    def text(self) -> str:
-        return f"{self.chunk} px chunks, overlap {self.overlap:g}, {self.blend} blending"
 
 
 @dataclass(frozen=True)
@@ -110,7 +85,7 @@ class SliceScores:
 
 
 def score_slices(
-    model, device: str, meta: dict, scans: list[ValidationScan], settings: list[InferenceSettings],
+    model, device: str, spec: ModelSpec, scans: list[ValidationScan], settings: list[InferenceSettings],
     max_slices: int = 0, label_map: LabelMap | None = None, batch: int | None = None,
 ) -> list[SliceScores]:
     """Predict the validation scans' central blocks with each of `settings` (in lockstep, slice
@@ -119,22 +94,17 @@ def score_slices(
     Args:
         model: the network, on `device`, in eval mode.
         device: torch device name.
-        meta: the weights metadata describing the network (predict.ModelSpec.from_meta).
+        spec: the description of the network.
         scans: validation scans with their masks and statistics.
         settings: inference settings to score; the first is the reference for `agreement`.
         max_slices: slices per scan (the central block); 0 for all.
         label_map: maps the masks' values to classes (None: the values are the classes).
         batch: chunks per forward pass (None: chosen from memory as prediction does).
     """
-    from bone_apps.core.predict.segment import (
-        ChunkRunner,
-        ModelSpec,
-        choose_batch,
-        plan_chunks,
-        segment_volume,
-    )
+    from bone_apps.core.predict.batching import ChunkRunner, choose_batch
+    from bone_apps.core.predict.inferer import plan_chunks
+    from bone_apps.core.predict.segment import segment_volume
 
-    spec = ModelSpec.from_meta(meta)
     classes = spec.classes
     confusions = [np.zeros((classes, classes), dtype=np.int64) for _ in settings]
     same = [0 for _ in settings]
@@ -168,3 +138,21 @@ def score_slices(
         scan.close()
         mask.close()
     return [SliceScores(s, c, same[k] / max(1, voxels)) for k, (s, c) in enumerate(zip(settings, confusions))]
+
+
+def score_run(plan: RunPlan, model, settings: list[InferenceSettings]) -> list[SliceScores]:
+    """Slice-level validation of a run's `model` on its validation scans with each of
+    `settings` (the model is put back in the mode it was in)."""
+    import torch
+
+    infos = plan.summary.by_id()
+    scans = [ValidationScan(infos[i].pair.scan, infos[i].pair.mask, infos[i].stats)
+             for i in plan.split.val]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            return score_slices(model, str(plan.devices.device), plan.spec, scans, settings,
+                                plan.config.val_slices, plan.summary.label_map)
+    finally:
+        model.train(was_training)

@@ -1,2 +1,3 @@
-"""Reading and writing volumes: the Volume interface, its formats, the writer, label values and safe
-outputs. Nothing here imports torch."""
+"""Reading and writing volumes: the Volume interface and its reader registry (volume.py), TIFF
+(tiff.py), the other formats (formats/), the writer, label values and safe outputs. Nothing here
+imports torch."""

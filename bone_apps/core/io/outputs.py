@@ -35,10 +35,10 @@ from bone_apps.core.errors import (
     OutputLockedError,
     OutputWriteError,
 )
+from bone_apps.core.io import formats
 
 MARKER = ".bone_apps.json"
 WRITTEN_BY = f"bone_apps {__version__}"
-TIFF_SUFFIXES = (".tif", ".tiff")
 _NAMES_SHOWN = 4
 # Hidden helpers of ours next to or inside an output: temporaries, replaced outputs, locks.
 _OURS_HIDDEN = re.compile(r"^\.(?P<name>.+)\.(?:partial|old|previous)-(?P<pid>\d+)$")
@@ -173,9 +173,7 @@ def json_is_ours(path: str | os.PathLike) -> bool:
 
 def _volume_file_is_ours(path: Path) -> bool:
     """A NIfTI or HDF5 file carrying our written_by tag (formats/ reads it)."""
-    from bone_apps.core.io.formats import HDF5, NIFTI, file_is_ours, form_of_name
-
-    return form_of_name(path) in (NIFTI, HDF5) and file_is_ours(path)
+    return formats.form_of_name(path) in (formats.NIFTI, formats.HDF5) and formats.file_is_ours(path)
 
 
 def foreign_entries(target: str | os.PathLike) -> list[str]:
@@ -189,7 +187,7 @@ def foreign_entries(target: str | os.PathLike) -> list[str]:
         return []
     if target.is_symlink() or not target.is_dir():
         ours = (not target.is_symlink()
-                and ((target.suffix.lower() in TIFF_SUFFIXES and tiff_is_ours(target))
+                and ((formats.is_tiff_name(target) and tiff_is_ours(target))
                      or (target.suffix.lower() == ".json" and json_is_ours(target))
                      or _volume_file_is_ours(target)))
         return [] if ours else [target.name]

@@ -1,9 +1,13 @@
 """The weights file: one `.pth` holding a model's parameters and everything needed to rebuild it.
 
-Layout: `{"format": WEIGHTS_FORMAT, "state_dict": {name: tensor}, "meta": {...}}`, where meta
-holds plain types only (str, int, float, bool, None, lists and dicts of them). Loading uses
-`torch.load(weights_only=True)`, which refuses pickled code, and then checks the format and
-the metadata, so a foreign or crafted file is rejected with one sentence and never executed.
+Layout (format 2): `{"format": WEIGHTS_FORMAT, "state_dict": {name: tensor}, "meta": {"spec":
+ModelSpec.to_meta(), "fit_config": {...}, "split": {"train": [ids], "val": [ids], ...},
+"metrics": {...}, "best_epoch": n, ...}}`, plain types only (str, int, float, bool, None, lists
+and dicts of them). Format 1 files kept the spec's keys at the top of "meta" and no split; they
+still load. `load_weights` gives both as the same flat metadata (the spec's keys beside the
+others). Loading uses `torch.load(weights_only=True)`, which refuses pickled code, and then
+checks the format and the metadata, so a foreign or crafted file is rejected with one sentence
+and never executed.
 """
 
 from __future__ import annotations
@@ -16,11 +20,13 @@ from typing import TYPE_CHECKING
 from bone_apps.core.errors import WeightsError
 from bone_apps.core.io.labels import LabelMap
 from bone_apps.core.io.outputs import atomic_target
+from bone_apps.core.model.spec import SPEC_KEYS, ModelSpec
 
 if TYPE_CHECKING:
     import torch
 
-WEIGHTS_FORMAT = "bone_apps.weights/1"
+WEIGHTS_FORMAT = "bone_apps.weights/2"
+WEIGHTS_FORMAT_1 = "bone_apps.weights/1"  # the spec's keys at the top of meta, no split
 _FORMAT_PREFIX = "bone_apps.weights/"
 DIMS = ("2d", "2.5d", "3d")
 # Metadata a file must carry for prediction to rebuild and feed the model.
@@ -29,7 +35,7 @@ REQUIRED_META = (
     "context", "patch_depth", "norm", "required_multiple",
 )
 # Filled in by save_weights when the caller leaves them out.
-OPTIONAL_META = ("fit_config", "best_epoch", "metrics", "date", "torch_version", "smp_version")
+OPTIONAL_META = ("fit_config", "split", "best_epoch", "metrics", "date", "torch_version", "smp_version")
 
 
 def software_version() -> str:
@@ -48,6 +54,41 @@ def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
         if inner is None:
             return model
         model = inner
+
+
+def weights_meta(spec: ModelSpec, fit_config: dict, split: dict | None, metrics: dict,
+                 best_epoch: int | None = None, **extra: object) -> dict:
+    """The metadata fitting saves with a model (save_weights), as load_weights gives it back.
+
+    Args:
+        spec: the network.
+        fit_config: FitConfig.to_dict() of the run.
+        split: Split.to_dict(): the scan ids that fitted ("train") and validated ("val").
+        metrics: the best epoch's scores.
+        best_epoch: the epoch the parameters come from.
+        extra: further plain entries (e.g. "inference").
+    """
+    return {"version": software_version(), **spec.to_meta(), "fit_config": dict(fit_config),
+            "split": None if split is None else dict(split), "metrics": dict(metrics),
+            "best_epoch": best_epoch, **extra}
+
+
+def _to_file(meta: dict) -> dict:
+    """Flat metadata in format 2's layout: the spec's keys under "spec"."""
+    return {"spec": {k: v for k, v in meta.items() if k in SPEC_KEYS},
+            **{k: v for k, v in meta.items() if k not in SPEC_KEYS}}
+
+
+def _from_file(fmt: str, meta: object) -> object:
+    """The flat metadata of a format 1 or 2 file (None where the layout is wrong)."""
+    if not isinstance(meta, dict):
+        return None
+    if fmt == WEIGHTS_FORMAT_1:
+        return {**meta, "split": meta.get("split")}
+    spec = meta.get("spec")
+    if not isinstance(spec, dict):
+        return {k: v for k, v in meta.items() if k != "spec"}  # lacks the spec: refused below
+    return {**{k: v for k, v in meta.items() if k != "spec"}, **spec}
 
 
 def _check_plain(value: object, where: str) -> None:
@@ -104,11 +145,12 @@ def save_weights(path: Path, model: torch.nn.Module, meta: dict) -> Path:
         meta.setdefault("smp_version", None)
     for key in ("fit_config", "metrics"):
         meta.setdefault(key, {})
+    meta.setdefault("split", None)
     meta.setdefault("best_epoch", None)
     _check_plain(meta, "meta")
     state = {k: v.detach().to("cpu").clone().contiguous()
              for k, v in unwrap_model(model).state_dict().items()}
-    payload = {"format": WEIGHTS_FORMAT, "state_dict": state, "meta": _plain(meta)}
+    payload = {"format": WEIGHTS_FORMAT, "state_dict": state, "meta": _plain(_to_file(meta))}
     with atomic_target(path) as tmp:
         torch.save(payload, tmp)
     return path
@@ -118,7 +160,8 @@ def load_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
     """Read a weights file safely.
 
     Returns:
-        (state_dict, meta).
+        (state_dict, meta): meta flat, the same for format 1 and 2 files (the spec's keys beside
+        fit_config, split, metrics, best_epoch, ...; split is None in format 1 files).
 
     Raises:
         WeightsError: the file is missing or unreadable, is not a bone_apps weights file
@@ -153,13 +196,13 @@ def load_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
         raise WeightsError(f"{path} is a PyTorch file but not a bone_apps weights file: choose a "
                            "weights file written by bone fit.")
     fmt = payload["format"]
-    if fmt != WEIGHTS_FORMAT:
+    if fmt not in (WEIGHTS_FORMAT, WEIGHTS_FORMAT_1):
         if isinstance(fmt, str) and fmt.startswith(_FORMAT_PREFIX):
             raise WeightsError(f"{path} has weights format {fmt}, which this version ({WEIGHTS_FORMAT}) "
                                "cannot read: update bone_apps.")
         raise WeightsError(f"{path} has an unknown format {fmt!r}: choose a weights file written "
                            "by bone fit.")
-    state, meta = payload.get("state_dict"), payload.get("meta")
+    state, meta = payload.get("state_dict"), _from_file(fmt, payload.get("meta"))
     if (not isinstance(state, dict) or not state
             or not all(isinstance(v, torch.Tensor) for v in state.values())):
         raise WeightsError(f"{path} has no usable parameters: fit the model again.")

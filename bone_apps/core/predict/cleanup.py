@@ -21,12 +21,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
 
 from bone_apps.core.errors import BoneAppsError
+from bone_apps.core.io import formats
 from bone_apps.core.io.outputs import absolute
 from bone_apps.core.io.volume import Volume, open_volume
 
@@ -157,7 +157,7 @@ def clean_mask(mask: str | os.PathLike | Volume, out: str | os.PathLike, options
                          "(the mask is never overwritten).")
     check_target(target, overwrite)
     cleaned, report = clean_labels(volume.read_slab(0, volume.shape[0]), options)
-    names = volume.slice_names if Path(out).suffix.lower() not in (".tif", ".tiff") else None
+    names = None if formats.is_tiff_name(out) else volume.slice_names
     written = write_volume(out, cleaned, slice_names=names, voxel_size=volume.voxel_size,
                            overwrite=overwrite)
     return CleanReport(report.steps, str(written))

@@ -7,9 +7,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from bone_apps.core.choices import parse_choice
 from bone_apps.core.errors import PredictConfigError
 from bone_apps.core.io.formats import VolumeFormat
-from bone_apps.core.jobs.devices import parse_devices
+from bone_apps.core.jobs.devices import DEVICE_FORMS, parse_devices
+from bone_apps.core.options import names_options_of, not_an_option, option
+from bone_apps.core.predict.settings import DEFAULT_CHUNK, DEFAULT_OVERLAP
 from bone_apps.core.predict.windows import BlendMode, check_overlap
 
 if TYPE_CHECKING:
@@ -55,24 +58,47 @@ class PredictConfig:
             None: each scan's own, or what OUT's name says.
     """
 
-    scans: tuple[Path, ...]
-    weights: Path
-    out: Path
-    chunk: int | None = None
-    chunk_depth: int | None = None
-    overlap: float | None = None
-    threshold: float = 0.5
-    blend: BlendMode | None = None
-    batch: int | None = None
-    device: str = "auto"
-    tta: bool = False
-    probabilities: bool = False
-    overwrite: bool = False
-    report: Path | None = None
-    stats_cache: Path | None = None
-    stats_workers: int | None = None
-    clean: CleanOptions | None = None
-    out_format: VolumeFormat | None = None
+    scans: tuple[Path, ...] = not_an_option(why="the CLI's SCAN arguments (or --data ROOT) and the "
+                                                "window's scan picker")
+    weights: Path = option(help="weights file written by bone fit (.pth), or an .onnx written by bone "
+                                "export (run with onnxruntime)", label="Model", metavar="MODEL.pth")
+    out: Path = option(help="one scan: its label stack, of the scan's kind unless the name says another "
+                            "(a folder, .tif, .ome.zarr, .nii.gz, .h5; SCAN.ome.zarr/labels/NAME joins "
+                            "the scan's OME-Zarr labels group); several: a folder receiving OUT/<id>",
+                       label="Output", metavar="OUT")
+    chunk: int | None = option(None, help="chunk edge in pixels; shrunk to small slices", label="Chunk size",
+                               metavar="N", default_text=f"what the fit validated, from the weights; "
+                                                         f"{DEFAULT_CHUNK} for older weights")
+    chunk_depth: int | None = option(None, help="3D models: chunk depth in slices", metavar="N",
+                                     label="Chunk depth (3D)", default_text="the fitted patch depth")
+    overlap: float | None = option(None, help="fraction of a chunk shared with its neighbour, in [0, 1)",
+                                   label="Overlap", metavar="F", default_text=f"from the weights; "
+                                   f"{DEFAULT_OVERLAP:g} for older weights")
+    threshold: float = option(0.5, help="voxels whose winning probability is below T become background "
+                                        "(0 keeps every label)", label="Confidence threshold", metavar="T")
+    blend: BlendMode | None = option(None, help="weighting of overlapping chunks", label="Blending",
+                                     choices=tuple(m.value for m in BlendMode),
+                                     default_text=f"from the weights; {BlendMode.MEAN.value} for older "
+                                                  "weights")
+    batch: int | None = option(None, help="chunks per forward pass", label="Batch size", metavar="auto|N",
+                               default_text="auto: from free GPU memory or RAM")
+    device: str = option("auto", help="where the network runs (several GPUs: cuda:0,1 or cuda:all)",
+                         label="Device", metavar="|".join(DEVICE_FORMS))
+    tta: bool = option(False, help="average over flipped copies (4x slower)",
+                       label="Average over mirrored copies (TTA)")
+    probabilities: bool = option(False, help="also write each class's probability stack (uint8, 0-255) "
+                                             "next to the labels", label="Also save class probabilities")
+    overwrite: bool = option(False, help="replace existing outputs, only ones bone_apps wrote (others are "
+                                         "never touched)", label="Replace an existing output")
+    report: Path | None = option(None, help="also write the report as JSON", label="Report",
+                                 metavar="FILE.json")
+    stats_cache: Path | None = not_an_option(None, why="the user's statistics cache folder")
+    stats_workers: int | None = not_an_option(None, why="one process per scan up to the CPU count")
+    clean: CleanOptions | None = not_an_option(None, why="the --clean-* flags (CleanOptions)")
+    out_format: VolumeFormat | None = option(
+        None, help="format of the label stacks and probability maps: tiff (a folder of slices, or "
+                   "OUT.tif), zarr (OME-Zarr with a multiscale pyramid), nifti, hdf5", label="Format",
+        flag="--format", choices=tuple(f.value for f in VolumeFormat), default_text="each scan's own")
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -85,24 +111,29 @@ class PredictConfig:
         if self.stats_cache is not None:
             set_(self, "stats_cache", Path(self.stats_cache).expanduser())
         if self.blend is not None:
-            set_(self, "blend", BlendMode.parse(self.blend))
+            set_(self, "blend", parse_choice(BlendMode, self.blend, "{blend}", PredictConfigError, "blend"))
         if self.overlap is not None:
             set_(self, "overlap", check_overlap(self.overlap))
         if self.out_format is not None:
-            set_(self, "out_format", VolumeFormat.parse(self.out_format, PredictConfigError))
+            set_(self, "out_format", parse_choice(VolumeFormat, self.out_format, "{out_format}",
+                                                  PredictConfigError, "out_format"))
         set_(self, "device", str(self.device).strip().lower().replace(" ", ""))
         if not self.scans:
-            raise PredictConfigError("no scan was given: name at least one scan folder or TIFF file.")
+            raise PredictConfigError("no scan was given: name at least one scan folder or TIFF file.",
+                                     "scans")
         if self.chunk is not None and int(self.chunk) < 1:
-            raise PredictConfigError(f"chunk {self.chunk} must be a positive number of pixels, e.g. 512.")
+            raise PredictConfigError(f"{{chunk}} {self.chunk} must be a positive number of pixels, e.g. 512.",
+                                     "chunk")
         if self.chunk_depth is not None and int(self.chunk_depth) < 1:
-            raise PredictConfigError(f"chunk depth {self.chunk_depth} must be a positive number of slices.")
+            raise PredictConfigError(f"{{chunk_depth}} {self.chunk_depth} must be a positive number of "
+                                     "slices.", "chunk_depth")
         if not 0.0 <= float(self.threshold) <= 1.0:
             raise PredictConfigError(
-                f"threshold {self.threshold} is outside [0, 1]: use a probability such as 0.5 "
-                "(0 keeps every label).")
+                f"{{threshold}} {self.threshold} is outside [0, 1]: use a probability such as 0.5 "
+                "(0 keeps every label).", "threshold")
         if self.batch is not None and int(self.batch) < 1:
-            raise PredictConfigError(f"batch {self.batch} must be a positive number of chunks (or auto).")
+            raise PredictConfigError(f"{{batch}} {self.batch} must be a positive number of chunks (or auto).",
+                                     "batch")
         parse_devices(self.device, PredictConfigError)
         if self.clean is not None:
             from bone_apps.core.predict.cleanup import CleanOptions, check_sizes
@@ -121,3 +152,6 @@ class PredictConfig:
         for key in ("weights", "out", "report", "stats_cache"):
             data[key] = None if data[key] is None else str(data[key])
         return data
+
+
+names_options_of(PredictConfigError, PredictConfig)

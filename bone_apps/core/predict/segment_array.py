@@ -181,16 +181,11 @@ def segment_array(
     from bone_apps.core.data.normalize import compute_stats
     from bone_apps.core.io.labels import LabelMap
     from bone_apps.core.model.weights import summarize_meta
+    from bone_apps.core.predict.batching import ChunkRunner, choose_batch, resolve_devices
     from bone_apps.core.predict.config import PredictConfig
-    from bone_apps.core.predict.segment import (
-        ChunkRunner,
-        choose_batch,
-        load_model,
-        plan_chunks,
-        resolve_devices,
-        segment_volume,
-        with_model_settings,
-    )
+    from bone_apps.core.predict.inferer import plan_chunks
+    from bone_apps.core.predict.segment import load_model, segment_volume
+    from bone_apps.core.predict.settings import with_model_settings
 
     unknown = sorted(set(options) - set(ARRAY_OPTIONS))
     if unknown:

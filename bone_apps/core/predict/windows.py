@@ -13,13 +13,12 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from enum import Enum
 from itertools import product
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from bone_apps.core.choices import parse_choice
+from bone_apps.core.choices import Choice
 from bone_apps.core.errors import PredictConfigError
 
 if TYPE_CHECKING:
@@ -32,7 +31,7 @@ GAUSSIAN_SIGMA_SCALE = 0.125
 GAUSSIAN_MIN_WEIGHT = 1e-3
 
 
-class BlendMode(str, Enum):
+class BlendMode(Choice, what="blend mode", error=PredictConfigError):
     """How overlapping chunk outputs are weighted in the average.
 
     MEAN: every voxel of every chunk weighs the same (the paper's averaging).
@@ -43,10 +42,6 @@ class BlendMode(str, Enum):
     MEAN = "mean"
     GAUSSIAN = "gaussian"
 
-    @classmethod
-    def parse(cls, text: str | BlendMode) -> BlendMode:
-        """The member named `text`; PredictConfigError listing the valid names otherwise."""
-        return parse_choice(cls, text, "blend mode", PredictConfigError)
 
 
 def check_overlap(overlap: float) -> float:

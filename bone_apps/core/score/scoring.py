@@ -13,12 +13,11 @@ import threading
 from collections.abc import Generator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from enum import Enum
 from pathlib import Path
 
 import numpy as np
 
-from bone_apps.core.choices import parse_choice
+from bone_apps.core.choices import Choice
 from bone_apps.core.errors import BoneAppsError, Cancelled, LabelError
 from bone_apps.core.io.labels import (
     MAX_LABEL_VALUES,
@@ -42,17 +41,13 @@ from bone_apps.core.score.metrics import (
 _PREFETCH_SLICES = 4
 
 
-class Device(str, Enum):
+class Device(Choice, what="device", error=BoneAppsError):
     """Where the counting runs."""
 
     AUTO = "auto"
     CPU = "cpu"
     CUDA = "cuda"
 
-    @classmethod
-    def parse(cls, text: str) -> Device:
-        """The member named `text`; BoneAppsError listing the valid names otherwise."""
-        return parse_choice(cls, text, "device", BoneAppsError)
 
 
 def resolve_device(device: Device | str) -> Device:

@@ -1,14 +1,14 @@
 """Volume formats: which kind of scan or mask a path names, and where each kind is read and written.
 
-One module per format, each holding a reader (a `volume.Volume` subclass) and a writer (a sink
-that `writer.VolumeWriter` streams slices into):
+One module per format, each holding a reader (a `volume.Volume` subclass it registers with
+`volume.register_reader`) and a writer (a sink that `writer.VolumeWriter` streams slices into):
 
 * zarr.py   OME-Zarr images (0.4 on Zarr v2, 0.5 on Zarr v3), their resolution levels and
             labels groups; plain Zarr arrays
 * nifti.py  NIfTI-1/2 files (.nii, .nii.gz)
 * hdf5.py   HDF5 datasets, named `file.h5:/path/to/dataset`
 
-TIFF (folders of slices, multi-page files) lives in core/io/volume.py beside the Volume interface.
+TIFF (folders of slices, multi-page files) is read in core/io/tiff.py.
 This module only names things (suffixes, kinds, levels, axes) and imports no format library,
 so `bone --help` stays fast. Every format is read as (Z, Y, X), Z being the slice axis: the
 first axis of TIFF stacks, HDF5 datasets and plain Zarr arrays, OME-Zarr's "z" axis, NIfTI's
@@ -20,9 +20,9 @@ from __future__ import annotations
 import json
 import os
 import re
-from enum import Enum
 from pathlib import Path
 
+from bone_apps.core.choices import Choice
 from bone_apps.core.errors import BoneAppsError, VolumeError
 
 TIFF_FILE_SUFFIXES = (".ome.tiff", ".ome.tif", ".tiff", ".tif")
@@ -38,7 +38,7 @@ ZARR_METADATA = ("zarr.json", ".zgroup", ".zarray", ".zattrs")
 _HDF5_PATH = re.compile(r"^(?P<file>.*?\.(?:h5|hdf5)):(?P<dataset>.*)$", re.IGNORECASE)
 
 
-class VolumeFormat(str, Enum):
+class VolumeFormat(Choice, what="output format", error=BoneAppsError):
     """The kinds of volume bone_apps writes (`--format`); TIFF is a folder of slices or one file."""
 
     TIFF = "tiff"
@@ -46,12 +46,6 @@ class VolumeFormat(str, Enum):
     NIFTI = "nifti"
     HDF5 = "hdf5"
 
-    @classmethod
-    def parse(cls, text: str | VolumeFormat, error: type[BoneAppsError] = BoneAppsError) -> VolumeFormat:
-        """The member named `text`; `error` listing the valid names otherwise."""
-        from bone_apps.core.choices import parse_choice
-
-        return parse_choice(cls, text, "output format", error)
 
 
 # Output forms: what a written volume is on disk, and the suffix its name carries.
@@ -144,6 +138,11 @@ def own_suffix(path: str | os.PathLike) -> str:
     if form == NIFTI and where.name.lower().endswith(".nii"):
         return ".nii"
     return FORM_SUFFIX[form or FOLDER]
+
+
+def is_tiff_name(path: str | os.PathLike) -> bool:
+    """Whether a file's name is a TIFF's (.tif, .tiff, .ome.tif, .ome.tiff, any case)."""
+    return _ends_with(Path(path).name, TIFF_FILE_SUFFIXES)
 
 
 def is_volume_name(path: str | os.PathLike) -> bool:

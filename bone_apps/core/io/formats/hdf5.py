@@ -28,16 +28,11 @@ import numpy as np
 from bone_apps.core.errors import VolumeError
 from bone_apps.core.io import formats
 from bone_apps.core.io.formats.slabs import SlabVolume
-from bone_apps.core.io.volume import VoxelSize
+from bone_apps.core.io.volume import Reader, VoxelSize, register_reader, short_error
 
 VOXEL_ATTRIBUTE = "element_size_um"
 TILE = 1024
 _READ_ERRORS = (OSError, ValueError, RuntimeError, KeyError, TypeError)
-
-
-def _short(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if len(text) <= 120 else text[:117] + "..."
 
 
 def _load_filters() -> None:
@@ -55,7 +50,7 @@ def _open_file(file: Path):
     try:
         return h5py.File(file, "r")
     except (OSError, ValueError) as exc:
-        raise VolumeError(f"{file} is not a readable HDF5 file ({_short(exc)}): copy it again or "
+        raise VolumeError(f"{file} is not a readable HDF5 file ({short_error(exc)}): copy it again or "
                           "re-export it.") from exc
 
 
@@ -105,8 +100,8 @@ class Hdf5Volume(SlabVolume):
             where = f"slice {z0 + 1}" if z1 == z0 + 1 else f"slices {z0 + 1} to {z1}"
             if "filter" in str(exc).lower() or "plugin" in str(exc).lower():
                 raise VolumeError(f"{where} of {self.path} is compressed with a filter this HDF5 library "
-                                  f"lacks ({_short(exc)}): run 'pip install hdf5plugin'.") from exc
-            raise VolumeError(f"{where} of {self.path} cannot be read ({_short(exc)}): the file is "
+                                  f"lacks ({short_error(exc)}): run 'pip install hdf5plugin'.") from exc
+            raise VolumeError(f"{where} of {self.path} cannot be read ({short_error(exc)}): the file is "
                               "damaged, so copy it again or re-export it.") from exc
         return np.ascontiguousarray(formats.as_zyx(data, self.roles), dtype=self.dtype)
 
@@ -120,7 +115,7 @@ class Hdf5Volume(SlabVolume):
                                offset=self._offset + z * plane * self._stored_dtype.itemsize,
                                shape=self.shape[1:])
         except (OSError, ValueError) as exc:
-            raise VolumeError(f"{self.path} could not be read ({_short(exc)}): check the file or "
+            raise VolumeError(f"{self.path} could not be read ({short_error(exc)}): check the file or "
                               "re-export it.") from exc
         return mapped.view(np.ndarray)
 
@@ -215,3 +210,11 @@ class Hdf5Sink:
         if self._file is not None:
             self._file.close()
             self._file = None
+
+
+def _open_dataset(path: Path) -> Hdf5Volume:
+    """Open `file.h5:/path/to/dataset`, or the file's one image dataset."""
+    return open_hdf5(*formats.split_hdf5(path))
+
+
+register_reader(Reader(kind="hdf5", open=_open_dataset, suffixes=formats.HDF5_SUFFIXES, folders=True))

@@ -30,16 +30,12 @@ from pathlib import Path
 import numpy as np
 
 from bone_apps.core.errors import VolumeError
-from bone_apps.core.io.volume import SourceFormat, Volume, VoxelSize
+from bone_apps.core.io import formats
+from bone_apps.core.io.volume import Reader, SourceFormat, Volume, VoxelSize, register_reader, short_error
 
 _UNIT_TO_UM = {"meter": 1e6, "mm": 1e3, "micron": 1.0}
 _COMMENT = 6  # NIfTI extension code of a free-text comment
 _READ_ERRORS = (OSError, EOFError, ValueError, zlib.error)
-
-
-def _short(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if len(text) <= 120 else text[:117] + "..."
 
 
 def _is_gzip(path: Path) -> bool:
@@ -77,7 +73,8 @@ class NiftiVolume(Volume):
                 array = np.frombuffer(data[: len(data) - len(data) % self._stored_dtype.itemsize],
                                       dtype=self._stored_dtype)
         except _READ_ERRORS as exc:
-            raise VolumeError(f"slice {z0 + 1} of {self.path} cannot be read ({_short(exc)}): the file is "
+            raise VolumeError(f"slice {z0 + 1} of {self.path} cannot be read ({short_error(exc)}): "
+                              "the file is "
                               "damaged, so copy it again or re-export it.") from exc
         if array.size != count:
             raise VolumeError(f"slice {z0 + 1 + array.size // plane} of {self.path} is cut short (the file "
@@ -97,7 +94,7 @@ class NiftiVolume(Volume):
             mapped = np.memmap(self.path, dtype=self._stored_dtype, mode="r", offset=offset,
                                shape=self.shape[1:])
         except (OSError, ValueError) as exc:
-            raise VolumeError(f"{self.path} could not be read ({_short(exc)}): check the file or "
+            raise VolumeError(f"{self.path} could not be read ({short_error(exc)}): check the file or "
                               "re-export it.") from exc
         return mapped.view(np.ndarray)
 
@@ -109,7 +106,7 @@ def _load(path: Path):
     try:
         image = nib.load(str(path))
     except (*_READ_ERRORS, nib.filebasedimages.ImageFileError) as exc:
-        raise VolumeError(f"{path} is not a readable NIfTI file ({_short(exc)}): re-export it.") from exc
+        raise VolumeError(f"{path} is not a readable NIfTI file ({short_error(exc)}): re-export it.") from exc
     if not isinstance(image.header, nib.Nifti1Header):  # NIfTI-2 headers are Nifti1Header's kind too
         raise VolumeError(f"{path} is not a NIfTI file but {type(image).__name__}: save it as NIfTI.")
     return image
@@ -228,3 +225,6 @@ class NiftiSink:
     def close(self) -> None:
         for handle in (self._file, self._raw):
             handle.close()
+
+
+register_reader(Reader(kind="nifti", open=open_nifti, suffixes=formats.NIFTI_SUFFIXES))

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +31,8 @@ import numpy as np
 from bone_apps.core.errors import VolumeError
 from bone_apps.core.io import formats
 from bone_apps.core.io.formats.slabs import SlabVolume
-from bone_apps.core.io.volume import SourceFormat, VoxelSize
+from bone_apps.core.io.outputs import MARKER
+from bone_apps.core.io.volume import Reader, SourceFormat, VoxelSize, register_reader, short_error
 
 DEFAULT_VERSION = "0.4"
 MIN_LEVEL_SIDE = 32
@@ -49,11 +51,6 @@ _UNIT_TO_UM = {
 _READ_ERRORS = (OSError, ValueError, RuntimeError, TypeError, KeyError)
 
 
-def _short(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if len(text) <= 120 else text[:117] + "..."
-
-
 def _open_array(path: Path, where: str):
     """The zarr array at `path` (read-only), or VolumeError in one sentence."""
     import zarr
@@ -61,7 +58,7 @@ def _open_array(path: Path, where: str):
     try:
         return zarr.open_array(store=str(path), mode="r")
     except (*_READ_ERRORS, zarr.errors.BaseZarrError) as exc:
-        raise VolumeError(f"{where} cannot be opened as a Zarr array ({_short(exc)}): check that the "
+        raise VolumeError(f"{where} cannot be opened as a Zarr array ({short_error(exc)}): check that the "
                           "store is complete, or re-export it.") from exc
 
 
@@ -136,7 +133,8 @@ class ZarrVolume(SlabVolume):
             try:
                 data = np.fromfile(file, dtype=self.dtype, count=plane)
             except (OSError, ValueError) as exc:
-                raise VolumeError(f"slice {z + 1} of {self.path} cannot be read ({_short(exc)}): copy the "
+                raise VolumeError(f"slice {z + 1} of {self.path} cannot be read ({short_error(exc)}): "
+                                  "copy the "
                                   "store again or re-export it.") from exc
             if data.size != plane:
                 raise VolumeError(f"slice {z + 1} of {self.path} is cut short ({file.name} holds "
@@ -182,7 +180,7 @@ class ZarrVolume(SlabVolume):
                 for start in range(z0 - z0 % depth, z1, depth):
                     self._read(max(start, z0), min(start + depth, z1))
             where = f"slice {z0 + 1}" if z1 == z0 + 1 else f"slices {z0 + 1} to {z1}"
-            raise VolumeError(f"{where} of {self.path} cannot be read ({_short(exc)}): a chunk of the "
+            raise VolumeError(f"{where} of {self.path} cannot be read ({short_error(exc)}): a chunk of the "
                               "store is damaged, so copy the store again or re-export it.") from exc
         return np.ascontiguousarray(formats.as_zyx(data, self.roles), dtype=self.dtype)
 
@@ -462,3 +460,16 @@ def labels_listed(image: Path) -> list[str]:
     scope = found.get("ome") if isinstance(found.get("ome"), dict) else found
     names = scope.get("labels", [])
     return [str(n) for n in names] if isinstance(names, list) else []
+
+
+def zarr_sources(path: Path) -> list[Path]:
+    """Every file of the Zarr image or level at `path`, and the store's own metadata."""
+    where = formats.location(path)
+    found = {where / name for name in formats.ZARR_METADATA if (where / name).is_file()}
+    for folder, _, names in os.walk(path):
+        found |= {Path(folder) / name for name in names if name != MARKER}
+    return sorted(found)
+
+
+register_reader(Reader(kind="zarr", open=open_zarr, suffixes=formats.ZARR_SUFFIXES, files=False, folders=True,
+                       holds=formats.is_zarr_store, sources=zarr_sources))
