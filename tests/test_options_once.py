@@ -327,3 +327,67 @@ def test_dlpred_form_labels_are_the_fields_labels(qtbot):
         assert options[name].label + ":" in shown, name
     assert {options["tta"].label, options["probabilities"].label} <= shown
     assert [box.blend.itemData(i) for i in range(box.blend.count())] == list(options["blend"].choices)
+
+
+def _fit_errors():
+    from bone_apps.core.data.split import split_scans
+    from bone_apps.core.evaluate.folds import make_folds
+    from bone_apps.core.evaluate.runs import experiment_pairs
+    from bone_apps.core.fit.config import FitConfig
+    from bone_apps.core.fit.prepare import check_patch_geometry
+
+    yield lambda: split_scans(["a", "b"], val_ids=["c"]), "--val-scans names c"
+    yield lambda: split_scans(["a", "b"], val_ids=["a", "b"]), "--val-scans names every scan"
+    yield lambda: make_folds(["a", "b", "c", "d"], 2, val_scans=["x"]), "--val-scans names x"
+    yield lambda: experiment_pairs(FitConfig(out="o")), "give --data ROOT or --pair SCAN MASK"
+    yield (lambda: check_patch_geometry(FitConfig(out="o", dims="3d", patch=16, patch_depth=16), 16),
+           "use --patch 32 or --patch-depth 32")
+
+
+def _predict_errors(tmp_path):
+    from bone_apps.core.predict.output_plan import plan_outputs
+
+    scans = (str(tmp_path / "a"), str(tmp_path / "b"))
+    yield (lambda: plan_outputs(PredictConfig(scans=scans[:1], weights="w", out=tmp_path / "o.h5:/x"),
+                                ["b"]), "give --out the HDF5 file alone")
+    yield (lambda: plan_outputs(PredictConfig(scans=scans, weights="w", out=tmp_path / "o.tif"), ["b"]),
+           "give --out a folder")
+
+
+def test_windows_plain_messages_name_labels_not_flags(tmp_path):
+    """Core errors name options as {field}s: the CLI's text keeps the flag, the windows show the
+    label without rewriting any text; a refused overwrite (no config at hand) names the checkbox."""
+    from bone_apps.core.errors import OptionError, OutputExistsError
+    from bone_apps.core.io.outputs import check_target
+    from bone_apps.dlfit.tips import plain_options
+    from bone_apps.dlpred.bridge import plain_message
+
+    cases = [(plain_message, *c) for c in _predict_errors(tmp_path)]
+    cases += [(plain_options, *c) for c in _fit_errors()]
+    for window, make, cli in cases:
+        with pytest.raises(OptionError) as info:
+            make()
+        error = info.value
+        assert cli in str(error) and "{" not in str(error), str(error)
+        plain = window(error)
+        assert plain == error.shown(as_label=True) and "--" not in plain and "\u201c" in plain, plain
+        assert error.field is not None
+    assert "use \u201cPatch size\u201d 32 or \u201cPatch depth\u201d 32" in plain  # the last fit case
+    (tmp_path / "taken.tif").write_bytes(b"")
+    with pytest.raises(OutputExistsError) as info:
+        check_target(tmp_path / "taken.tif", overwrite=False)
+    assert "(--overwrite)" in str(info.value)
+    assert plain_message(info.value).endswith(
+        "(tick \u201cReplace an existing output\u201d).") and "--" not in plain_message(info.value)
+
+
+
+def test_an_option_error_names_flags_whatever_was_imported_before():
+    import subprocess
+    import sys
+
+    code = ("from bone_apps.core.data.split import split_scans\n"
+            "try:\n    split_scans(['a', 'b'], val_ids=['a', 'b'])\n"
+            "except Exception as exc:\n    print(exc)\n")
+    shown = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert shown.startswith("--val-scans names every scan"), shown

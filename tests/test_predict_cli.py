@@ -116,7 +116,7 @@ def test_ctrl_c_stops_cleanly_and_leaves_nothing_under_the_final_name(weights_2d
         if any(any(p.iterdir()) for p in work.glob(".labels.partial-*")):
             break  # a slice is written: the run is under way
         time.sleep(0.02)
-    assert proc.poll() is None, "the run ended before it could be interrupted"
+    assert proc.poll() is None, f"the run ended before it was interrupted: {proc.communicate()[1][-3000:]}"
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130 and "stopped" in err and "Traceback" not in err

@@ -99,7 +99,7 @@ def test_dlfit_resume_uses_the_same_rule(qtbot, tmp_path):
     window.advanced.w["patch"].setValue(64)
     with pytest.raises(FitConfigError, match="--patch 64 differs") as info:
         window.resume_config(out)
-    assert "Patch size" in plain_options(str(info.value))
+    assert "Patch size" in plain_options(info.value)
 
 
 def test_cli_resume_takes_more_epochs_and_refuses_other_changes(sample_root, cache, tmp_path,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+
 
 class BoneAppsError(Exception):
     """A problem with the user's input or environment, with a one-sentence fix-it message."""
@@ -46,7 +48,11 @@ class OptionError(BoneAppsError):
     The message writes an option it names as {field_name}; str() shows each as its flag
     (`--norm`, for the command line) and `shown(as_label=True)` as its label ("Normalization",
     for the windows), both from the config's field metadata (bone_apps.core.options).
+    `config_module` names the module that declares the config (importing it registers its options),
+    so a message renders the same whichever modules were imported before it was raised.
     """
+
+    config_module: str | None = None
 
     def __init__(self, message: str, field: str | None = None) -> None:
         super().__init__(message)
@@ -59,6 +65,8 @@ class OptionError(BoneAppsError):
         """The message, naming options by flag, or by label when `as_label`."""
         from bone_apps.core.options import render
 
+        if self.config_module is not None:
+            importlib.import_module(self.config_module)
         return render(str(self.args[0]) if self.args else "", type(self), as_label)
 
     def __str__(self) -> str:
@@ -68,6 +76,8 @@ class OptionError(BoneAppsError):
 class FitConfigError(OptionError):
     """A fitting option is invalid or does not suit the data."""
 
+    config_module = "bone_apps.core.fit.config"
+
 
 class DataCheckError(BoneAppsError):
     """Scan/mask pairs failed the checks before fitting; the message lists every problem."""
@@ -75,6 +85,8 @@ class DataCheckError(BoneAppsError):
 
 class PredictConfigError(OptionError):
     """A prediction option is invalid or does not suit the scan or the model."""
+
+    config_module = "bone_apps.core.predict.config"
 
 
 class ForeignFilesError(OutputExistsError):

@@ -16,7 +16,6 @@ from typing import Any
 
 _KEY = "option"
 _PLACEHOLDER = re.compile(r"\{([a-z][a-z0-9_]*)\}")
-_FLAG = re.compile(r"--[a-z][a-z-]*")
 
 
 @dataclass(frozen=True)
@@ -148,10 +147,3 @@ def render(message: str, error: type, as_label: bool) -> str:
         return "--" + meta.flag[5:] if meta.flag.startswith("--no-") else meta.flag
 
     return _PLACEHOLDER.sub(name, message)
-
-
-def flags_as_labels(message: str, config: type, extra: dict[str, str] | None = None) -> str:
-    """`message` with the flags of `config`'s options it spells out (core messages that are not
-    OptionErrors still do) written as the windows name them; `extra`: words for other flags."""
-    words = {**{meta.flag: meta.in_words for meta in described(config).values()}, **(extra or {})}
-    return _FLAG.sub(lambda m: words.get(m.group(0), m.group(0)), message)

@@ -25,7 +25,7 @@ from PySide6.QtWidgets import (
 )
 
 from bone_apps.core.data.pairs import pairs_from_paths
-from bone_apps.core.errors import BoneAppsError
+from bone_apps.core.errors import BoneAppsError, OptionError
 from bone_apps.core.evaluate.bench import BenchResult, BenchUpdated, bench
 from bone_apps.core.evaluate.cv import CVConfig, CVResult, CVUpdated, cross_validate
 from bone_apps.core.evaluate.results import BENCH, CV, read_experiment
@@ -52,9 +52,11 @@ INTRO = ("Every fit uses the options of the DLFit window (Advanced mode: model, 
          "held-out scans are predicted and scored against their masks.")
 
 
-def experiment_message(message: str) -> str:
+def experiment_message(message: str | BaseException) -> str:
     """An engine message with the option names of this dialog and of the DLFit window."""
-    message = re.sub(r"--[a-z][a-z-]*", lambda m: FLAGS.get(m.group(0), m.group(0)), message)
+    if isinstance(message, OptionError):
+        message = message.shown(as_label=True)
+    message = re.sub(r"--[a-z][a-z-]*", lambda m: FLAGS.get(m.group(0), m.group(0)), str(message))
     return plain_options(message)
 
 
@@ -189,7 +191,7 @@ class ExperimentDialog(QDialog):
         try:
             factory = self.experiment()
         except BoneAppsError as exc:
-            self._error(str(exc))
+            self._error(exc)
             return
         self.folder.remember()
         self.result, self.last_error = None, ""
@@ -280,7 +282,7 @@ class ExperimentDialog(QDialog):
                             f"{found.kind}." + ("" if found.complete else " Start continues it with "
                                                "the same options."))
 
-    def _error(self, message: str) -> None:
+    def _error(self, message: str | BaseException) -> None:
         self.last_error = experiment_message(message)
         show_error(self, "DLFit", self.last_error)
 

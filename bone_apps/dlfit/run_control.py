@@ -35,7 +35,7 @@ class RunControl:
                                     "least one to validate.")
             config.validate()
         except BoneAppsError as exc:
-            self._error(str(exc))
+            self._error(exc)
             return
         problems = self.pairs.problems()
         if problems:
@@ -70,7 +70,7 @@ class RunControl:
         try:
             config = self.resume_config(out)
         except BoneAppsError as exc:
-            self._error(str(exc))
+            self._error(exc)
             return
         if status == "completed" and config.epochs <= len(read_history(out)):
             self._error("The run in the output folder is finished: raise Epochs to fit it "

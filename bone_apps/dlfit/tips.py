@@ -10,7 +10,7 @@ import re
 from bone_apps.core.data.augment import AugmentConfig
 from bone_apps.core.errors import OptionError
 from bone_apps.core.fit.config import FitConfig
-from bone_apps.core.options import defaults, flags_as_labels, shown_value
+from bone_apps.core.options import defaults, described, shown_value
 
 EASY_RECIPE = (
     "Easy mode fits the paper's tested recipe (BP-2D-03): a U-Net with a ResNet-18 encoder on "
@@ -149,16 +149,28 @@ def _with_defaults(tips: dict[str, str]) -> dict[str, str]:
 
 TIPS = _with_defaults(_TIPS)
 
-# Engine messages name options by their flags; the window names them by their labels, from
-# FitConfig's field metadata (an OptionError renders its {field}s so itself). The flags below steer
-# the command rather than the config, so the window words them in its own terms.
-_WINDOW_ONLY = {"--overwrite": "\u201cReplace it\u201d when Start asks", "--resume": "\u201cResume\u201d"}
+
+def _spelled_flags() -> dict[str, str]:
+    """The flags that core messages other than FitConfigErrors still spell out (no config is at
+    hand where they are raised), in the window's words: --out, --resume and --overwrite (the run
+    folder, the checkpoint), --init (ImageNet weights unavailable), --data (a dataset root without
+    scans/ and masks/), --level (an OME-Zarr pyramid); resuming and overwriting are the window's
+    own steps, not options."""
+    options = described(FitConfig)
+    words = {options[name].flag: options[name].in_words for name in ("out", "init", "data", "level")}
+    return {**words, "--overwrite": "\u201cReplace it\u201d when Start asks",
+            "--resume": "\u201cResume\u201d", "`bone fit --list-models`": "the Encoder list"}
+
+
+_SPELLED = _spelled_flags()
 
 
 def plain_options(message: str | BaseException) -> str:
-    """An engine message in the window's words: an OptionError names its options by their labels;
-    the flags other core messages still spell out are replaced by the same labels."""
+    """An engine message in the window's words: an OptionError names its options by their labels
+    (its {field}s); the few flags other core messages spell out become the same labels."""
     if isinstance(message, OptionError):
-        message = message.shown(as_label=True)
-    message = str(message).replace("`bone fit --list-models`", "the Encoder list")
-    return flags_as_labels(message, FitConfig, _WINDOW_ONLY)
+        return message.shown(as_label=True)
+    message = str(message)
+    for flag, words in sorted(_SPELLED.items(), key=lambda item: -len(item[0])):
+        message = message.replace(flag, words)
+    return message

@@ -243,7 +243,7 @@ class DLFitWindow(RunControl, QMainWindow):
         try:
             self.set_config(FitConfig.load(Path(path)))
         except BoneAppsError as exc:
-            self._error(str(exc))
+            self._error(exc)
             return
         self.statusBar().showMessage(f"Loaded {path}")
 
@@ -287,7 +287,7 @@ class DLFitWindow(RunControl, QMainWindow):
             self.restoreGeometry(QByteArray.fromBase64(geometry.encode()))
         self._update_buttons()
 
-    def _error(self, message: str) -> None:
+    def _error(self, message: str | BaseException) -> None:
         message = plain_options(message)
         self.last_error = message
         self.statusBar().showMessage(ATTENTION)
@@ -304,7 +304,7 @@ class DLFitWindow(RunControl, QMainWindow):
                 self.save_config(file)
                 self.statusBar().showMessage(f"Saved {file}")
             except BoneAppsError as exc:
-                self._error(str(exc))
+                self._error(exc)
             except OSError as exc:
                 self._error(f"{file} could not be written ({exc.strerror}): choose another place.")
 

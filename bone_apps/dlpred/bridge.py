@@ -7,7 +7,6 @@ No Qt here: this is plain code the tests can call directly.
 
 from __future__ import annotations
 
-import re
 import threading
 import time
 from collections import deque
@@ -22,7 +21,7 @@ from bone_apps.core.errors import OptionError, VolumeError
 from bone_apps.core.io.stack_kind import dataset_root_problem, is_dataset_root, label_stack_reason
 from bone_apps.core.io.volume import Volume, open_volume
 from bone_apps.core.jobs.units import bytes_text, duration_text
-from bone_apps.core.options import described, flags_as_labels
+from bone_apps.core.options import described
 from bone_apps.core.predict.config import PredictConfig
 from bone_apps.core.predict.output_plan import scan_id
 from bone_apps.core.predict.reports import PredictEvent, PredictReport, ScanStarted, SliceProgress
@@ -31,16 +30,9 @@ from bone_apps.dlpred.options import OptionValues
 
 PREDICTIONS_FOLDER = "predictions"  # a dataset's outputs: ROOT/predictions/<id>_labels
 RATE_WINDOW_S = 10.0  # the rate is measured over the last seconds, so it follows speed changes
-# Core's messages that spell out command-line options (rather than OptionError's {field}s): in
-# the window the same advice names the fields, by their labels in PredictConfig's metadata.
-_LABELS = described(PredictConfig)
-_CLI_WORDS = (
-    (re.compile(r"\s*\(--overwrite\)"), f" (tick {_LABELS['overwrite'].in_words})"),
-    (re.compile(r"\(e\.g\. --chunk (\d+)\)"), rf"(e.g. a {_LABELS['chunk'].label} of \1 px)"),
-    (re.compile(r"give --out a file name"), "choose an output file name"),
-    (re.compile(r"give --out a folder name"), "choose an output folder name"),
-    (re.compile(r"give --out a folder"), "choose an output folder"),
-)
+# The one option a core message other than a PredictConfigError spells out: io.outputs refuses to
+# replace an output "(--overwrite)"; in the window the same advice names the checkbox.
+_OVERWRITE = (" (--overwrite)", f" (tick {described(PredictConfig)['overwrite'].in_words})")
 
 
 def default_output(scan: Path) -> Path:
@@ -76,12 +68,11 @@ def open_scan(path: Path) -> tuple[Volume, str | None]:
 
 
 def plain_message(message: str | BaseException) -> str:
-    """An engine message in the window's words: an OptionError names its options by their labels,
-    other messages' command-line option names are replaced by the window's field names."""
-    message = message.shown(as_label=True) if isinstance(message, OptionError) else str(message)
-    for pattern, words in _CLI_WORDS:
-        message = pattern.sub(words, message)
-    return flags_as_labels(message, PredictConfig)
+    """An engine message in the window's words: an OptionError names its options by their labels
+    (its {field}s); a refused overwrite names the window's checkbox."""
+    if isinstance(message, OptionError):
+        return message.shown(as_label=True)
+    return str(message).replace(*_OVERWRITE)
 
 
 def matching_mask(scan: Path | None) -> Path | None:

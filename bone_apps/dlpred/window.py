@@ -206,7 +206,7 @@ class DLPredWindow(QMainWindow):
             config = bridge.make_config(scan, weights, output, self.options.values(),
                                         self.overwrite.isChecked(), is_3d)
         except BoneAppsError as exc:
-            self._error(str(exc))
+            self._error(exc)
             return
         self.tracker = bridge.Tracker()
         self.report, self.output_path = None, None
@@ -297,7 +297,7 @@ class DLPredWindow(QMainWindow):
             idle_progress(self.progress, "no run yet")  # ended before the first slice
         self.worker = dispose(self.worker)
 
-    def _error(self, message: str) -> None:
+    def _error(self, message: str | BaseException) -> None:
         message = bridge.plain_message(message)
         self.last_error = message
         self.rate_label.setText("")

@@ -59,12 +59,12 @@ def split_scans(
     if val_ids:
         unknown = [v for v in val_ids if v not in ids]
         if unknown:
-            raise FitConfigError(f"--val-scans names {', '.join(unknown)}, which are not among the "
-                                 f"scans ({', '.join(ids)}): use those names.")
+            raise FitConfigError(f"{{val_scans}} names {', '.join(unknown)}, which are not among the "
+                                 f"scans ({', '.join(ids)}): use those names.", "val_scans")
         val = [i for i in ids if i in set(val_ids)]
         train = [i for i in ids if i not in set(val_ids)]
         if not train:
-            raise FitConfigError("--val-scans names every scan: leave at least one for fitting.")
+            raise FitConfigError("{val_scans} names every scan: leave at least one for fitting.", "val_scans")
         return Split(tuple(train), tuple(val), seed, None)
     if not 0.0 < train_fraction < 1.0:
         raise FitConfigError(f"train fraction {train_fraction} must be between 0 and 1 "

@@ -161,7 +161,7 @@ def plan_bench(config: BenchConfig) -> tuple[list[BenchSpec], list, list]:
     """(grid, pool pairs, test pairs), with every refusal made before anything is written."""
     if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
         raise FitConfigError("a benchmark runs its fits one after another in one process: start it "
-                             "without torchrun (each fit uses every GPU given by --device).")
+                             "without torchrun (each fit uses every GPU given by {device}).", "device")
     config.fit.validate()
     pairs = experiment_pairs(config.fit)
     ids = [p.id for p in pairs]
@@ -178,11 +178,11 @@ def plan_bench(config: BenchConfig) -> tuple[list[BenchSpec], list, list]:
                              "validation scan: hold out fewer scans.")
     val = [v for v in config.fit.val_scans if v in {p.id for p in pool}]
     if config.fit.val_scans and not val:
-        raise FitConfigError("every --val-scans scan is a test scan, so the pool has no validation "
-                             "scan: name validation scans outside --test-scans.")
+        raise FitConfigError("every {val_scans} scan is a test scan, so the pool has no validation "
+                             "scan: name validation scans outside --test-scans.", "val_scans")
     if val and len(val) == len(pool):
-        raise FitConfigError("--val-scans names every scan of the pool, so nothing is left to fit: "
-                             "name fewer validation scans.")
+        raise FitConfigError("{val_scans} names every scan of the pool, so nothing is left to fit: "
+                             "name fewer validation scans.", "val_scans")
     return _check_specs(config), pool, tests
 
 

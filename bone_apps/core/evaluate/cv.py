@@ -91,7 +91,7 @@ def _check(config: CVConfig) -> None:
                              "seed once.")
     if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
         raise FitConfigError("cross-validation runs its fits one after another in one process: start "
-                             "it without torchrun (each fit uses every GPU given by --device).")
+                             "it without torchrun (each fit uses every GPU given by {device}).", "device")
 
 
 def plan_folds(config: CVConfig) -> tuple[Folds, list]:

@@ -143,8 +143,8 @@ def make_folds(ids: Sequence[str], k: int, order_seed: int | None = None,
         raise FitConfigError("give either --order FILE or --order-seed N, not both.")
     unknown = [v for v in val_scans if v not in ids]
     if unknown:
-        raise FitConfigError(f"--val-scans names {_shown(unknown)}, which are not among the scans "
-                             f"({_shown(ids)}): use those names.")
+        raise FitConfigError(f"{{val_scans}} names {_shown(unknown)}, which are not among the scans "
+                             f"({_shown(ids)}): use those names.", "val_scans")
     if order_file is not None:
         order = read_order_file(order_file, ids)
     else:
@@ -161,13 +161,13 @@ def make_folds(ids: Sequence[str], k: int, order_seed: int | None = None,
         if val_scans:
             val = [i for i in pool if i in set(val_scans)]
             if not val:
-                raise FitConfigError(f"test fold {f} holds every --val-scans scan "
+                raise FitConfigError(f"test fold {f} holds every {{val_scans}} scan "
                                      f"({_shown(list(val_scans))}), so its pool has no validation "
                                      "scan: name validation scans of several folds, or leave "
-                                     "--val-scans out to split each pool by seed.")
+                                     "{val_scans} out to split each pool by seed.", "val_scans")
             if len(val) == len(pool):
-                raise FitConfigError(f"--val-scans names every scan of test fold {f}'s pool, so "
-                                     "nothing is left to fit: name fewer validation scans.")
+                raise FitConfigError(f"{{val_scans}} names every scan of test fold {f}'s pool, so "
+                                     "nothing is left to fit: name fewer validation scans.", "val_scans")
     return folds
 
 

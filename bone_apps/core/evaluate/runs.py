@@ -112,7 +112,7 @@ def experiment_pairs(config: FitConfig) -> list[ScanPair]:
         pairs += pairs_from_root(Path(config.data))
     pairs += pairs_from_paths(config.pairs)
     if not pairs:
-        raise FitConfigError("no scans were given: give --data ROOT or --pair SCAN MASK.")
+        raise FitConfigError("no scans were given: give {data} ROOT or {pairs} SCAN MASK.", "data")
     seen: dict[str, ScanPair] = {}
     for pair in pairs:
         if pair.id in seen:

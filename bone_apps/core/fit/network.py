@@ -77,7 +77,7 @@ def _transfer(model, path: Path, dims: str, arch: str, in_channels: int, cfg: Fi
         ("in_channels", in_channels)) if str(meta.get(k)).lower() != str(v).lower()]
     if mismatch:
         raise FitConfigError(f"{path} does not fit this model: {'; '.join(mismatch)}. Choose "
-                             "matching --dims/--arch/--encoder/--context or another file.")
+                             "matching {dims}/{arch}/{encoder}/{context} or another file.", "init")
     own = model.state_dict()
     usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     skipped = sorted(set(own) - set(usable))

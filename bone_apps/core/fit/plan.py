@@ -43,7 +43,7 @@ class _Devices:
             self.device = torch.device("cpu")
             return
         if not cuda:
-            raise FitConfigError("no CUDA GPU is available here: use --device cpu (or auto).")
+            raise FitConfigError("no CUDA GPU is available here: use {device} cpu (or auto).", "device")
         count = torch.cuda.device_count()
         if dist.enabled:  # torchrun: one GPU per process
             self.device = torch.device("cuda", dist.local_rank % count)

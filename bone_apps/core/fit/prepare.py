@@ -216,9 +216,10 @@ def check_batch_memory(cfg: FitConfig, devices: _Devices) -> None:
             f"on the CPU, but {free / 2**30:.1f} GB is available")
     largest = free // per_patch
     if largest < 1:
-        raise FitConfigError(f"--batch {cfg.batch} needs {need}: even one patch does not "
-                             "fit, so use a smaller --patch.")
-    raise FitConfigError(f"--batch {cfg.batch} needs {need}: use --batch {largest} or less.")
+        raise FitConfigError(f"{{batch}} {cfg.batch} needs {need}: even one patch does not "
+                             "fit, so use a smaller {patch}.", "patch")
+    raise FitConfigError(f"{{batch}} {cfg.batch} needs {need}: use {{batch}} {largest} or less.",
+                         "batch")
 
 
 def check_patch_fits(cfg: FitConfig, summary: DataSummary, split: Split, multiple: int) -> None:
@@ -233,17 +234,18 @@ def check_patch_fits(cfg: FitConfig, summary: DataSummary, split: Split, multipl
     largest = max(multiple, 2 * side // multiple * multiple)
     if cfg.patch > largest:
         height, width = infos[scan].shape[1:]
-        raise FitConfigError(f"--patch {cfg.patch} is more than twice the smallest slice "
-                             f"({height}x{width} px, scan {scan}): use --patch {largest} or "
-                             f"less (a multiple of {multiple}).")
+        raise FitConfigError(f"{{patch}} {cfg.patch} is more than twice the smallest slice "
+                             f"({height}x{width} px, scan {scan}): use {{patch}} {largest} or "
+                             f"less (a multiple of {multiple}).", "patch")
     if Dims.parse(cfg.dims) is Dims.D3:
         scan = min(used, key=lambda i: infos[i].shape[0])
         depth = infos[scan].shape[0]
         largest = max(multiple, 2 * depth // multiple * multiple)
         if cfg.patch_depth > largest:
-            raise FitConfigError(f"--patch-depth {cfg.patch_depth} is more than twice the "
+            raise FitConfigError(f"{{patch_depth}} {cfg.patch_depth} is more than twice the "
                                  f"thinnest scan ({depth} slices, scan {scan}): use "
-                                 f"--patch-depth {largest} or less (a multiple of {multiple}).")
+                                 f"{{patch_depth}} {largest} or less (a multiple of {multiple}).",
+                                 "patch_depth")
 
 
 def check_patch_geometry(cfg: FitConfig, multiple: int) -> None:
@@ -260,5 +262,5 @@ def check_patch_geometry(cfg: FitConfig, multiple: int) -> None:
     if dims is Dims.D3 and cfg.patch == cfg.patch_depth == multiple:
         # After four poolings a 16x16x16 patch is one voxel, which instance norm cannot fit.
         raise FitConfigError(f"a {cfg.patch}x{cfg.patch}x{cfg.patch_depth} patch shrinks to a single "
-                             f"voxel inside the 3D network: use --patch {2 * multiple} or "
-                             f"--patch-depth {2 * multiple}.")
+                             f"voxel inside the 3D network: use {{patch}} {2 * multiple} or "
+                             f"{{patch_depth}} {2 * multiple}.", "patch")

@@ -104,7 +104,7 @@ def _gpu_bytes_per_chunk(model: torch.nn.Module, device: str, shape: tuple[int, 
         torch.cuda.empty_cache()
         raise PredictConfigError(
             f"the GPU ran out of memory for a single chunk of {'x'.join(map(str, shape[1:]))} voxels: "
-            "choose a smaller chunk (e.g. --chunk 256) or the CPU.") from None
+            "choose a smaller chunk (e.g. {chunk} 256) or the CPU.", "chunk") from None
     torch.cuda.synchronize(device)
     return max(1, torch.cuda.max_memory_allocated(device) - base)
 
@@ -207,7 +207,7 @@ class ChunkRunner:
                 if self.batch == 1:
                     raise PredictConfigError(
                         "the GPU ran out of memory for a single chunk: choose a smaller chunk "
-                        "(e.g. --chunk 256) or the CPU.") from None
+                        "(e.g. {chunk} 256) or the CPU.", "chunk") from None
                 self.batch = max(1, self.batch // 2)
                 self.halvings += 1
                 torch.cuda.empty_cache()

@@ -100,24 +100,24 @@ def _check_single_out(scan: Path, own: str, out: Path, chosen: VolumeFormat | No
                                      and wanted == formats.ZARR)
         if not ok and named is None:
             words, suffix = formats.FORM_WORDS[wanted], formats.FORM_SUFFIX[wanted]
-            raise PredictConfigError(f"--format {chosen.value} writes {words}: give --out a name ending "
-                                     f"in {suffix} instead of {out}.")
+            raise PredictConfigError(f"{{out_format}} {chosen.value} writes {words}: give {{out}} a name "
+                                     f"ending in {suffix} instead of {out}.", "out")
         if not ok:
-            raise PredictConfigError(f"--format {chosen.value} does not match {out}, which names "
-                                     f"{_NAMED[named]}: change one of them.")
+            raise PredictConfigError(f"{{out_format}} {chosen.value} does not match {out}, which names "
+                                     f"{_NAMED[named]}: change one of them.", "out_format")
         return
     if named is None and formats.labels_group_image(out) is not None:
         return  # IMAGE.ome.zarr/labels/NAME: a labels group member (checked in _check_output_places)
     if named is None and own == formats.TIFF_FILE:
         raise PredictConfigError(f"{scan} is one multi-page TIFF, so its labels are written as one "
-                                 f"too: give --out a file name ending in .tif instead of {out}.")
+                                 f"too: give {{out}} a file name ending in .tif instead of {out}.", "out")
     if named is None and own != formats.FOLDER:
         raise PredictConfigError(f"{scan} is {formats.FORM_WORDS[own]}, so its labels are written as one "
-                                 f"too: give --out a name ending in {_suffix(own, scan)} instead of {out} "
-                                 "(or choose another format with --format).")
+                                 f"too: give {{out}} a name ending in {_suffix(own, scan)} instead of {out} "
+                                 "(or choose another format with {out_format}).", "out")
     if named == formats.TIFF_FILE and own == formats.FOLDER:
         raise PredictConfigError(f"{scan} is a folder of slices, so its labels are written as a "
-                                 f"folder too: give --out a folder name instead of {out}.")
+                                 f"folder too: give {{out}} a folder name instead of {out}.", "out")
 
 
 def plan_outputs(config: PredictConfig, class_names: Sequence[str]) -> list[ScanJob]:
@@ -144,11 +144,11 @@ def plan_outputs(config: PredictConfig, class_names: Sequence[str]) -> list[Scan
     named = formats.form_of_name(out)
     file, dataset = formats.split_hdf5(out)
     if dataset is not None:
-        raise PredictConfigError(f"{out} names a dataset: give --out the HDF5 file alone ({file}); the "
-                                 f"labels go to its {formats.DEFAULT_HDF5_DATASET} dataset.")
+        raise PredictConfigError(f"{out} names a dataset: give {{out}} the HDF5 file alone ({file}); the "
+                                 f"labels go to its {formats.DEFAULT_HDF5_DATASET} dataset.", "out")
     if several and named is not None:
         raise PredictConfigError(f"{out} names {_NAMED[named]} but {len(config.scans)} scans were given: "
-                                 "give --out a folder, which receives one label stack per scan.")
+                                 "give {out} a folder, which receives one label stack per scan.", "out")
     seen: dict[str, Path] = {}
     for i, scan in enumerate(config.scans):
         with open_volume(scan) as volume:  # headers only: an unreadable scan fails before any work
@@ -166,8 +166,8 @@ def plan_outputs(config: PredictConfig, class_names: Sequence[str]) -> list[Scan
             _check_single_out(scan, own, out, config.out_format)
         if config.probabilities and formats.labels_group_image(target) is not None:
             raise PredictConfigError(f"{target} joins the labels group of an OME-Zarr image, which holds "
-                                     "labels, not probability maps: give --out its own name (e.g. "
-                                     f"{sid}_labels.ome.zarr) to write probabilities.")
+                                     "labels, not probability maps: give {out} its own name (e.g. "
+                                     f"{sid}_labels.ome.zarr) to write probabilities.", "out")
         probs = tuple(probability_target(target, n) for n in class_names) if config.probabilities else ()
         jobs.append(ScanJob(i, scan, target, probs))
     targets = [] if config.report is None else [config.report]
