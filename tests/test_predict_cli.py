@@ -102,7 +102,8 @@ def test_help_lists_predict_options():
 
 def test_ctrl_c_stops_cleanly_and_leaves_nothing_under_the_final_name(weights_2d, tmp_path):
     scan = tmp_path / "scan"
-    write_volume(scan, np.random.default_rng(0).integers(0, 255, (48, 64, 64)).astype(np.uint8))
+    # Enough slices that the run cannot finish while a loaded machine delays the signal.
+    write_volume(scan, np.random.default_rng(0).integers(0, 255, (480, 64, 64)).astype(np.uint8))
     work = tmp_path / "work"
     work.mkdir()
     out = work / "labels"
