@@ -111,7 +111,10 @@ def test_ctrl_c_stops_cleanly_and_leaves_nothing_under_the_final_name(weights_2d
     proc = subprocess.Popen(
         [sys.executable, "-m", "bone_apps", "predict", str(scan), "--weights", str(weights_2d),
          "--out", str(out), "--device", "cpu", "--batch", "1", "--chunk", "32", "--overlap", "0.5"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        # Ctrl-C as in a terminal, even when the tests run where SIGINT is ignored (a shell's
+        # background job): Python only installs its KeyboardInterrupt handler when it is not.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:
         if any(any(p.iterdir()) for p in work.glob(".labels.partial-*")):
